@@ -1,0 +1,142 @@
+"""Splits and batches over in-memory uint8 images.
+
+`load` decodes a dataset once and carves a stratified validation split from its training images (for every
+dataset, CIFAR-10 included: its test split stays untouched, so `validation_split` means the same everywhere
+and matches Keras `validation_split`-style experiments on the shared zips, which hold no test split).
+
+`batches` is a pure function of (seed, epoch, start_batch): a training epoch is one seeded permutation,
+so resuming at batch k of epoch e replays exactly what an uninterrupted run would have seen, and every
+host, whatever their number, agrees on the global batch and takes its own contiguous slice of it.
+"""
+import dataclasses
+from typing import Iterator, List, Optional
+
+import numpy as np
+
+from cnnjax.data import sources
+
+
+@dataclasses.dataclass
+class ImageSet:
+  images: np.ndarray  # uint8 (N, H, W, C)
+  labels: np.ndarray  # int32 (N,)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass
+class Splits:
+  train: ImageSet
+  validation: Optional[ImageSet]  # None when validation_split == 0
+  class_names: List[str]
+  skipped: int  # files that failed to decode
+
+
+def load(dataset: str, *, image_size: int, channels: int = 3, validation_split: float = 0.1, seed: int = 0,
+         data_dir: Optional[str] = None, limit_per_class: Optional[int] = None,
+         cache_dir: Optional[str] = None) -> Splits:
+  """Decodes `dataset` to uint8 and splits off a stratified validation set fixed by `seed`.
+
+  Args:
+    dataset: 'cifar10', 'cats_vs_dogs' (tfds, from `data_dir`) or 'folder:PATH' with PATH a directory or a
+      .zip in Keras flow_from_directory layout (one subfolder per class).
+    image_size: images are resized (bilinear, aspect not kept, as Keras `target_size`) to this square size.
+    channels: 3 (RGB) or 1 (grayscale); any source format (grayscale, RGBA, 16-bit) is converted.
+    validation_split: fraction in [0, 1) of each class moved to validation, taken from the training split.
+    seed: fixes which images are validation images.
+    data_dir: tfds data directory.
+    limit_per_class: keep only the first N images of each class (quick runs and tests).
+    cache_dir: where folder/zip sources cache their decoded arrays (default $CNNJAX_CACHE_DIR or
+      ~/.cache/cnnjax; '' disables caching).
+  """
+  if not isinstance(image_size, (int, np.integer)) or image_size < 1:
+    raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+  if channels not in (1, 3):
+    raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+  if not 0 <= validation_split < 1:
+    raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+  options = dict(image_size=int(image_size), channels=channels, limit_per_class=limit_per_class)
+  if dataset in sources.TFDS_DATASETS:
+    decoded = sources.load_tfds(dataset, data_dir=data_dir, **options)
+  elif isinstance(dataset, str) and dataset.startswith(sources.FOLDER_PREFIX):
+    path = dataset[len(sources.FOLDER_PREFIX):]
+    if not path:
+      raise ValueError("dataset 'folder:' needs a path, e.g. 'folder:/data/cats_vs_dogs/train.zip'")
+    decoded = sources.load_folder(path, cache_dir=cache_dir, **options)
+  else:
+    raise ValueError(f"unknown dataset {dataset!r}; use {sources.describe_valid_datasets()}")
+  train, validation = stratified_split(decoded.labels, validation_split, seed)
+  subset = lambda index: ImageSet(decoded.images[index], decoded.labels[index])
+  return Splits(train=subset(train), validation=subset(validation) if validation_split else None,
+                class_names=decoded.class_names, skipped=decoded.skipped)
+
+
+def stratified_split(labels: np.ndarray, validation_split: float, seed: int):
+  """(train indices, validation indices), each sorted: round(split * n_c) random images of each class c."""
+  rng = np.random.default_rng(seed)
+  train, validation = [], []
+  for label in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == label))
+    # Keep at least one training image per class: a class missing from training cannot be learned.
+    count = min(int(round(validation_split * len(members))), len(members) - 1)
+    validation.append(members[:count])
+    train.append(members[count:])
+  validation = np.sort(np.concatenate(validation))
+  if validation_split and len(validation) == 0:
+    raise ValueError(f"validation_split={validation_split} of {len(labels)} images leaves no validation image; "
+                     "use a larger split, more images, or validation_split=0")
+  return np.sort(np.concatenate(train)), validation
+
+
+def num_batches(n_images: int, batch_size: int, drop_remainder: bool) -> int:
+  """Batches in one pass: floor(n / b) when the last incomplete batch is dropped, else ceil(n / b)."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  return n_images // batch_size if drop_remainder else -(-n_images // batch_size)
+
+
+def epoch_permutation(n_images: int, seed: int, epoch: int) -> np.ndarray:
+  """The training order of `epoch`: a function of (seed, epoch) only, so any host can recompute it."""
+  return np.random.default_rng([seed, epoch]).permutation(n_images)
+
+
+def batches(images: ImageSet, *, batch_size: int, seed: int, epoch: int, shuffle: bool, start_batch: int = 0,
+            process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """This process's share of each global batch of one epoch, from batch `start_batch` on.
+
+  Training (shuffle=True): a (seed, epoch) permutation, the last incomplete batch dropped; yields
+  {'images': uint8 (b, H, W, C), 'labels': int32 (b,)} with b = batch_size // process_count.
+  Evaluation (shuffle=False): every image once, in order; the last global batch is padded with zero images
+  and every batch has 'mask' float32 (b,): 1 for real images, 0 for padding.
+  """
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, process_count), got {process_index} of {process_count}")
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} is not divisible by process_count {process_count}; use a "
+                     "multiple of the number of processes")
+  n = len(images)
+  if shuffle and n < batch_size:
+    raise ValueError(f"batch_size {batch_size} exceeds the {n} training images, so an epoch has no batch; "
+                     "use a smaller batch_size")
+  total = num_batches(n, batch_size, drop_remainder=shuffle)
+  if not 0 <= start_batch <= total:
+    raise ValueError(f"start_batch must be in [0, {total}] (batches per epoch), got {start_batch}")
+  order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
+  share = batch_size // process_count
+  for step in range(start_batch, total):
+    first = step * batch_size + process_index * share
+    index = order[first:first + share]
+    if shuffle:
+      yield {"images": images.images[index], "labels": images.labels[index]}
+      continue
+    real = len(index)
+    pad = share - real
+    yield {
+        "images": np.concatenate([images.images[index],
+                                  np.zeros((pad, *images.images.shape[1:]), images.images.dtype)]),
+        "labels": np.concatenate([images.labels[index], np.zeros(pad, images.labels.dtype)]),
+        "mask": np.concatenate([np.ones(real, np.float32), np.zeros(pad, np.float32)]),
+    }

@@ -1,0 +1,269 @@
+"""Where images come from: tfds datasets and Keras-layout image folders or zips, decoded once to uint8 arrays.
+
+Every source returns a `Decoded`: all images of the source's training split at `image_size` x `image_size`,
+uint8, with int32 labels and the class names in label order. Datasets here are small (CIFAR-10 is 150 MB of
+uint8 at 32 px), so holding them in memory makes iteration a permutation and resume exact.
+
+Folder/zip layout is Keras `flow_from_directory`: one subfolder per class, class names sorted alphabetically
+give the label order. The class level is the first path component below the deepest folder shared by every
+image, so both `cats/x.jpg` and a zip of `train/cats/x.jpg` work, and images nested deeper inside a class
+folder belong to that class (Keras also lists class folders recursively).
+"""
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import logging
+import multiprocessing
+import os
+import pathlib
+import posixpath
+import tempfile
+import zipfile
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+# Keras flow_from_directory's white list, plus the formats Pillow decodes as often.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
+TFDS_DATASETS = ("cifar10", "cats_vs_dogs")
+FOLDER_PREFIX = "folder:"
+# Below this many files a process pool costs more to start than it saves.
+_MIN_FILES_FOR_POOL = 4096
+_CACHE_FORMAT = 1
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Decoded:
+  images: np.ndarray  # uint8 (N, S, S, C)
+  labels: np.ndarray  # int32 (N,)
+  class_names: List[str]
+  skipped: int  # files that failed to decode
+
+
+def describe_valid_datasets() -> str:
+  return ", ".join(repr(name) for name in TFDS_DATASETS) + ", or 'folder:PATH' (a directory or a .zip)"
+
+
+def to_array(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
+  """A decoded PIL image as uint8 (image_size, image_size, channels), resized like Keras `target_size`."""
+  if image.mode.startswith("I;16") or image.mode == "I":
+    # Pillow's convert('L'/'RGB') clips 16-bit values at 255 instead of rescaling them.
+    pixels = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+  elif image.mode == "P" and "transparency" in image.info:
+    image = image.convert("RGBA")  # Pillow warns when a transparent palette image goes straight to RGB
+  image = image.convert("L" if channels == 1 else "RGB")
+  if image.size != (image_size, image_size):
+    image = image.resize((image_size, image_size), Image.BILINEAR)
+  array = np.asarray(image, dtype=np.uint8)
+  return array[..., None] if channels == 1 else array
+
+
+def _decode_bytes(data: bytes, image_size: int, channels: int) -> Optional[np.ndarray]:
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      image.load()
+      return to_array(image, image_size, channels)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    return None  # PIL's errors for truncated, empty or unrecognised files
+
+
+def _read_and_decode(root: str, names: Sequence[str], image_size: int, channels: int):
+  """Decodes `names` inside `root` (a directory or a zip). Runs in worker processes, so it opens the zip itself."""
+  images = np.zeros((len(names), image_size, image_size, channels), np.uint8)
+  decoded = np.zeros(len(names), bool)
+  archive = zipfile.ZipFile(root) if zipfile.is_zipfile(root) else None
+  try:
+    for i, name in enumerate(names):
+      if archive is not None:
+        data = archive.read(name)
+      else:
+        data = pathlib.Path(root, name).read_bytes()
+      array = _decode_bytes(data, image_size, channels)
+      if array is not None:
+        images[i], decoded[i] = array, True
+  finally:
+    if archive is not None:
+      archive.close()
+  return images, decoded
+
+
+def _decode_all(root: str, names: Sequence[str], image_size: int, channels: int):
+  """All `names` decoded, in order, with a process pool for big sources (decoding holds the GIL)."""
+  workers = min(os.cpu_count() or 1, 8)
+  if (len(names) < _MIN_FILES_FOR_POOL or workers == 1
+      or "fork" not in multiprocessing.get_all_start_methods()):
+    return _read_and_decode(root, names, image_size, channels)
+  chunk = -(-len(names) // (4 * workers))
+  chunks = [names[i:i + chunk] for i in range(0, len(names), chunk)]
+  # 'fork', not 'spawn': spawn re-runs the caller's __main__ in every worker, which breaks any script or
+  # notebook without an `if __name__ == '__main__'` guard. The workers only run Pillow/numpy/zipfile, never
+  # JAX, so the threads JAX may have started in the parent do not matter to them (as in PyTorch's loaders).
+  context = multiprocessing.get_context("fork")
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    parts = list(pool.map(_read_and_decode, [root] * len(chunks), chunks,
+                          [image_size] * len(chunks), [channels] * len(chunks)))
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _is_image_name(name: str) -> bool:
+  parts = name.split("/")
+  # Skip hidden files and macOS resource forks (__MACOSX/..., ._x.jpg): they carry image extensions.
+  if any(part.startswith(".") or part == "__MACOSX" for part in parts[:-1]) or parts[-1].startswith("."):
+    return False
+  return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _zip_image_names(path: str) -> List[str]:
+  with zipfile.ZipFile(path) as archive:
+    names = [info.filename for info in archive.infolist() if not info.is_dir()]
+  for name in names:
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith("/") or "\\" in name or ".." in parts or (parts[0].endswith(":")):
+      raise ValueError(f"{path} holds an unsafe entry {name!r} (absolute path or '..'); rebuild the zip "
+                       "with paths relative to its root")
+  return [name for name in names if _is_image_name(name)]
+
+
+def _folder_image_names(path: str) -> List[str]:
+  names = []
+  for directory, subdirectories, files in os.walk(path, followlinks=True):
+    subdirectories.sort()
+    relative = pathlib.Path(directory).relative_to(path).as_posix()
+    for file in files:
+      names.append(file if relative == "." else f"{relative}/{file}")
+  return [name for name in names if _is_image_name(name)]
+
+
+def _labelled(names: Sequence[str], source: str) -> Tuple[List[str], np.ndarray, List[str]]:
+  """(files with a class, their labels, sorted class names): class = first component below the shared folder."""
+  folders = [posixpath.dirname(name) for name in names]
+  shared = posixpath.commonpath(folders) if folders and all(folders) else ""
+  depth = len(shared.split("/")) if shared else 0
+  files, classes = [], []
+  for name in names:
+    parts = name.split("/")
+    if len(parts) > depth + 1:  # files directly in the shared folder have no class, as in Keras
+      files.append(name)
+      classes.append(parts[depth])
+  class_names = sorted(set(classes))
+  if not files:
+    raise ValueError(f"{source} has no images in class subfolders (expected CLASS/IMAGE with extensions "
+                     f"{', '.join(IMAGE_EXTENSIONS)})")
+  if len(class_names) < 2:
+    raise ValueError(f"{source} has {len(class_names)} class folder ({class_names}); a classifier needs at "
+                     "least 2: put each class's images in its own subfolder")
+  index = {name: i for i, name in enumerate(class_names)}
+  order = sorted(range(len(files)), key=lambda i: (index[classes[i]], files[i]))
+  return [files[i] for i in order], np.array([index[classes[i]] for i in order], np.int32), class_names
+
+
+def _limited(files, labels, limit_per_class):
+  if limit_per_class is None:
+    return files, labels
+  if limit_per_class < 1:
+    raise ValueError(f"limit_per_class must be a positive int or None, got {limit_per_class}")
+  keep = np.concatenate([np.flatnonzero(labels == c)[:limit_per_class] for c in np.unique(labels)])
+  return [files[i] for i in keep], labels[keep]
+
+
+def _fingerprint(path: str, names: Sequence[str]) -> str:
+  """Changes whenever a listed file changes (size or mtime), so stale caches are never read."""
+  digest = hashlib.sha256(os.path.abspath(path).encode())
+  if os.path.isfile(path):
+    stat = os.stat(path)
+    digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+  else:
+    for name in names:
+      stat = os.stat(os.path.join(path, name))
+      digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+  return digest.hexdigest()
+
+
+def default_cache_dir() -> str:
+  return os.environ.get("CNNJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "cnnjax")
+
+
+def _read_cache(cache_file: str) -> Optional[Decoded]:
+  try:
+    with np.load(cache_file, allow_pickle=False) as cached:
+      return Decoded(cached["images"], cached["labels"], [str(n) for n in cached["class_names"]],
+                     int(cached["skipped"]))
+  except (OSError, KeyError, ValueError):
+    return None  # missing or unreadable cache: decode again
+
+
+def _write_cache(cache_file: str, decoded: Decoded) -> None:
+  """Atomic: concurrent runs (or a crash) never leave a half-written cache behind."""
+  directory = os.path.dirname(cache_file)
+  try:
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    with os.fdopen(handle, "wb") as file:
+      np.savez(file, images=decoded.images, labels=decoded.labels,
+               class_names=np.array(decoded.class_names), skipped=decoded.skipped)
+    os.replace(temporary, cache_file)
+  except OSError as error:  # a read-only home must not stop training
+    log.warning("could not write the decoded-image cache %s: %s", cache_file, error)
+
+
+def load_folder(path: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
+                cache_dir: Optional[str] = None) -> Decoded:
+  """Images of a Keras-layout directory or .zip. Cached under `cache_dir` ('' disables the cache)."""
+  if not os.path.exists(path):
+    raise ValueError(f"folder:{path} does not exist; give an existing directory or .zip of class subfolders")
+  if os.path.isfile(path):
+    if not zipfile.is_zipfile(path):
+      raise ValueError(f"folder:{path} is a file but not a zip; give a directory or a .zip of class subfolders")
+    names = _zip_image_names(path)
+  else:
+    names = _folder_image_names(path)
+  files, labels, class_names = _labelled(names, f"folder:{path}")
+  files, labels = _limited(files, labels, limit_per_class)
+
+  cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+  cache_file = None
+  if cache_dir:
+    key = hashlib.sha256(f"{_CACHE_FORMAT}:{_fingerprint(path, files)}:{image_size}:{channels}:"
+                         f"{limit_per_class}".encode()).hexdigest()[:24]
+    cache_file = os.path.join(cache_dir, f"{pathlib.Path(path).stem}-{image_size}px-{channels}ch-{key}.npz")
+    cached = _read_cache(cache_file)
+    if cached is not None:
+      return cached
+
+  images, decoded = _decode_all(path, files, image_size, channels)
+  skipped = int(np.sum(~decoded))
+  if skipped:
+    log.warning("skipped %d of %d files that failed to decode", skipped, len(files))
+    print(f"skipped {skipped} of {len(files)} files that failed to decode")
+  result = Decoded(images[decoded], labels[decoded], class_names, skipped)
+  if len(result.images) == 0:
+    raise ValueError(f"folder:{path}: none of its {len(files)} image files decoded")
+  if cache_file:
+    _write_cache(cache_file, result)
+  return result
+
+
+def load_tfds(name: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
+              data_dir: Optional[str] = None) -> Decoded:
+  """The 'train' split of a tfds dataset (the only split cats_vs_dogs has; CIFAR-10's test split is not used)."""
+  import tensorflow_datasets as tfds  # heavy: imported only when a tfds dataset is asked for
+
+  dataset, info = tfds.load(name, split="train", data_dir=data_dir, with_info=True, shuffle_files=False)
+  class_names = list(info.features["label"].names)
+  images, labels = [], []
+  counts = np.zeros(len(class_names), int)
+  for example in tfds.as_numpy(dataset):
+    label = int(example["label"])
+    if limit_per_class is not None and counts[label] >= limit_per_class:
+      continue
+    counts[label] += 1
+    pixels = example["image"]
+    images.append(to_array(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels),
+                           image_size, channels))
+    labels.append(label)
+  return Decoded(np.stack(images), np.array(labels, np.int32), class_names, skipped=0)

@@ -1,0 +1,263 @@
+"""Layers by name: listing them, capturing their outputs, and probing them for gradients.
+
+A "layer" is any submodule whose `__call__` returns one array, named by its path under the model joined
+with '/' (a flat Keras-style model's layers are just `block5_conv3`, `conv5_block3_out`, `predictions`).
+Everything is found with `nn.intercept_methods` while the model is traced, so no model needs hooks or
+rewriting, and an imported model works as soon as it is a Linen module.
+"""
+import dataclasses
+import functools
+import re
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnnjax.models import layers as layers_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+  name: str
+  shape: Tuple[int, ...]  # output shape for a batch of one image
+  kind: str  # the module's class name
+
+
+class _ByIdentity:
+  """Stands in for an unhashable model as a static jit argument (same object -> same compiled function)."""
+
+  def __init__(self, model):
+    self.model = model
+
+  def __hash__(self):
+    return id(self.model)
+
+  def __eq__(self, other):
+    return isinstance(other, _ByIdentity) and other.model is self.model
+
+
+def static_model(model):
+  """`model` as a hashable static argument: itself when hashable (a Linen dataclass), else by identity."""
+  if not isinstance(model, nn.Module):
+    raise TypeError(f"expected a flax.linen Module, got {type(model).__name__}; build one with "
+                    "cnnjax.models.create(name, num_classes=...)")
+  try:
+    hash(model)
+    return model
+  except TypeError:
+    return _ByIdentity(model)
+
+
+def unwrap_model(model):
+  return model.model if isinstance(model, _ByIdentity) else model
+
+
+def _module_name(context) -> str:
+  return "/".join(context.module.path)
+
+
+def apply_logits(model, variables, images):
+  """The model's logits in inference mode (the only mode explainers use)."""
+  return model.apply(variables, images, train=False)
+
+
+def target_logits(logits, targets):
+  """logits[b, targets[b]] for each image, in float32 so bfloat16 models differentiate accurately."""
+  return jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0].astype(jnp.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _trace_layers(model, image_shape: Tuple[int, ...], dtype) -> Tuple[Tuple[LayerInfo, ...], Tuple[int, ...]]:
+  """(layers in the order their outputs are produced, logits shape), found by tracing `init` abstractly."""
+  records = []
+
+  def record(next_fun, args, kwargs, context):
+    outputs = next_fun(*args, **kwargs)
+    if (context.method_name == "__call__" and context.module.path and isinstance(outputs, jax.Array)):
+      records.append(LayerInfo(_module_name(context), tuple(outputs.shape), type(context.module).__name__))
+    return outputs
+
+  def init(images):
+    with nn.intercept_methods(record):
+      return unwrap_model(model).init_with_output(jax.random.PRNGKey(0), images, train=False)[0]
+
+  logits = jax.eval_shape(init, jax.ShapeDtypeStruct(image_shape, dtype))
+  unique = {}
+  for info in records:  # a module called twice is listed at its first use
+    unique.setdefault(info.name, info)
+  return tuple(unique.values()), tuple(logits.shape)
+
+
+def _image_shape(input_shape: Sequence[int]) -> Tuple[int, ...]:
+  input_shape = tuple(int(d) for d in input_shape)
+  if len(input_shape) == 3:
+    return (1, *input_shape)
+  if len(input_shape) == 4:
+    return (1, *input_shape[1:])
+  raise ValueError(f"input_shape must be (H, W, C) or (B, H, W, C); got {input_shape}")
+
+
+def layer_infos(model, input_shape: Sequence[int], dtype=jnp.float32) -> Tuple[LayerInfo, ...]:
+  return _trace_layers(static_model(model), _image_shape(input_shape), jnp.dtype(dtype))[0]
+
+
+def layer_names(model, input_shape: Sequence[int]) -> list:
+  """Names of the model's layers in forward order, for `input_shape` (H, W, C) or (B, H, W, C)."""
+  return [info.name for info in layer_infos(model, input_shape)]
+
+
+def num_classes(model, input_shape: Sequence[int], dtype=jnp.float32) -> int:
+  return _trace_layers(static_model(model), _image_shape(input_shape), jnp.dtype(dtype))[1][-1]
+
+
+# Keras 2.1 ResNet50 names (the tutorials' `res5c_branch2c`) -> Keras 2.2+ names, which the zoo uses.
+_OLD_RESNET = re.compile(r"^(res|bn)([2-5])([a-z])_branch(1|2[abc])$")
+
+
+def _keras21_alias(name: str) -> Optional[str]:
+  if name == "conv1":
+    return "conv1_conv"
+  if name == "bn_conv1":
+    return "conv1_bn"
+  match = _OLD_RESNET.match(name)
+  if not match:
+    return None
+  kind, stage, block, branch = match.groups()
+  index = "0" if branch == "1" else str("abc".index(branch[1]) + 1)
+  suffix = "conv" if kind == "res" else "bn"
+  return f"conv{stage}_block{ord(block) - ord('a') + 1}_{index}_{suffix}"
+
+
+def _choices(names: Sequence[str], limit: int = 60) -> str:
+  shown = ", ".join(names[-limit:])
+  return shown if len(names) <= limit else f"... {shown} (last {limit} of {len(names)})"
+
+
+def resolve_layer(model, input_shape, layer: Optional[str], *, spatial: bool = False) -> LayerInfo:
+  """The layer called `layer` (or its Keras 2.1 alias); with `layer=None`, the default Grad-CAM layer.
+
+  `spatial=True` requires a (B, H, W, C) output, as Grad-CAM needs.
+  """
+  infos = layer_infos(model, input_shape)
+  by_name = {info.name: info for info in infos}
+  if layer is None:
+    return default_cam_layer(infos)
+  info = by_name.get(layer) or by_name.get(_keras21_alias(layer) or "")
+  if info is None:
+    raise ValueError(f"unknown layer {layer!r}; valid layers: {_choices(list(by_name))}")
+  if spatial and len(info.shape) != 4:
+    valid = [i.name for i in infos if len(i.shape) == 4]
+    raise ValueError(f"layer {info.name!r} outputs shape {info.shape}, not a (B, H, W, C) feature map; "
+                     f"choose one of: {_choices(valid)}")
+  return info
+
+
+# Layers that only resample or pass through their input: Grad-CAM is sharper on the layer that feeds them
+# (VGG16's `block5_conv3`, not `block5_pool`), as the Keras and pytorch-grad-cam examples choose.
+_PASS_THROUGH = ("Pool", "Dropout", "GlobalAveragePool", "Flatten")
+
+
+def default_cam_layer(infos: Sequence[LayerInfo]) -> LayerInfo:
+  """The last spatial feature map before the network first collapses space (global pooling or flatten).
+
+  MobileNet's 1x1 `conv_preds` after global pooling is therefore never chosen; pooling and dropout layers
+  are skipped in favour of the activation they consume.
+  """
+  spatial = []
+  for info in infos:
+    if len(info.shape) != 4:
+      break
+    spatial.append(info)
+  if not spatial:
+    raise ValueError("the model has no layer with a (B, H, W, C) output before its first flat one; "
+                     "Grad-CAM needs a spatial feature map")
+  informative = [info for info in spatial if info.kind not in _PASS_THROUGH]
+  return (informative or spatial)[-1]
+
+
+def _probed_apply(model, variables, images, probes: Dict[str, Any], captured: Dict[str, Any]):
+  """Applies the model, adding `probes[name]` to each named layer's output and recording that output."""
+
+  def intercept(next_fun, args, kwargs, context):
+    outputs = next_fun(*args, **kwargs)
+    name = _module_name(context)
+    if context.method_name == "__call__" and name in probes and name not in captured:
+      outputs = outputs + probes[name].astype(outputs.dtype)
+      captured[name] = outputs
+    return outputs
+
+  with nn.intercept_methods(intercept):
+    return apply_logits(model, variables, images)
+
+
+def probe_gradients(model, variables, images, targets, layer: LayerInfo, modifier: Optional[str] = None):
+  """(A, d sum_b logit_b[target_b] / dA) for the layer's output A, in one forward pass.
+
+  The gradient is taken with respect to a zero probe added to A, never with respect to the parameters or
+  the images, so JAX linearises only the part of the network above the layer: the cost stays near one
+  forward pass whatever the depth. Images are independent in inference mode, so the gradient of the
+  batch sum is each image's own gradient.
+  """
+  probe = jnp.zeros((images.shape[0], *layer.shape[1:]), jnp.float32)
+
+  def score(probe):
+    captured = {}
+    with layers_lib.backprop_modifier(modifier):
+      logits = _probed_apply(model, variables, images, {layer.name: probe}, captured)
+    return jnp.sum(target_logits(logits, targets)), captured[layer.name]
+
+  gradients, features = jax.grad(score, has_aux=True)(probe)
+  return features, gradients
+
+
+@functools.partial(jax.jit, static_argnames=("model", "names"))
+def _activations(model, variables, images, names):
+  captured = {}
+  _probed_apply(unwrap_model(model), variables, images,
+                {name: jnp.zeros((), images.dtype) for name in names}, captured)
+  return {name: captured[name] for name in names}
+
+
+def check_images(images, what: str = "images") -> jax.Array:
+  """A floating (B, H, W, C) batch, or a one-line error saying how to make one."""
+  if not hasattr(images, "ndim") or not hasattr(images, "dtype"):
+    images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"{what} must be a (B, H, W, C) batch; got shape {tuple(images.shape)} "
+                     "(add a batch axis with images[None] for a single image)")
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"{what} must be floating point, preprocessed as the model was trained; got dtype "
+                     f"{images.dtype} (convert uint8 with the model's preprocessing, or .astype(float32))")
+  return jnp.asarray(images)
+
+
+def check_targets(model, images, targets) -> jax.Array:
+  """One int class index per image (a scalar applies to every image), within the model's classes."""
+  classes = num_classes(model, images.shape[1:], images.dtype)
+  traced = isinstance(targets, jax.core.Tracer)
+  targets = targets if traced else np.asarray(targets)
+  if targets.ndim == 0:
+    targets = jnp.broadcast_to(targets, (images.shape[0],))
+  if targets.shape != (images.shape[0],):
+    raise ValueError(f"targets must hold one class index per image, shape ({images.shape[0]},); got shape "
+                     f"{tuple(targets.shape)}")
+  if not jnp.issubdtype(targets.dtype, jnp.integer):
+    raise ValueError(f"targets must be integer class indices; got dtype {targets.dtype}")
+  if not traced:
+    targets = np.asarray(targets)
+    bad = targets[(targets < 0) | (targets >= classes)]
+    if bad.size:
+      raise ValueError(f"target {int(bad[0])} is out of range; valid targets are 0..{classes - 1} "
+                       f"({classes} classes)")
+  return jnp.asarray(targets, jnp.int32)
+
+
+def activations(model, variables, images, layers) -> Dict[str, jax.Array]:
+  """{name: output} of the named layers (a name or a list of names) for a batch, in inference mode."""
+  images = check_images(images)
+  names = (layers,) if isinstance(layers, str) else tuple(layers)
+  resolved = tuple(resolve_layer(model, images.shape[1:], name).name for name in names)
+  outputs = _activations(static_model(model), variables, images, resolved)
+  return {name: outputs[real] for name, real in zip(names, resolved)}

@@ -1,0 +1,162 @@
+"""Config checks that run before anything is compiled, and the rule for what may change on resume."""
+import json
+from typing import Any, Dict, List
+
+import jax
+import ml_collections
+from ml_collections import config_dict
+
+from cnnjax import models
+from cnnjax.train import optim
+
+EARLY_STOPPING_MONITORS = ("val_loss", "val_accuracy")
+AUGMENT_FIELDS = ("horizontal_flip", "rotation", "width_shift", "height_shift", "shear", "zoom")
+# Fields a rerun may change on an existing workdir: a larger num_epochs continues a finished run
+# (Keras's initial_epoch); eval batch size and where tfds keeps its files change no numbers.
+RESUMABLE_CHANGES = ("num_epochs", "eval_batch_size", "data_dir")
+# Added by the training loop to the saved config; not user settings.
+DERIVED_FIELDS = ("class_names",)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every config field with its default; configs/*.py start from this and override a few."""
+  config = ml_collections.ConfigDict()
+  # Model: a name from cnnjax.models.names(); options are passed to cnnjax.models.create.
+  config.model = "simple_cnn"
+  config.model_options = ml_collections.ConfigDict()
+  config.num_classes = 10
+  config.image_size = 32
+  config.channels = 3
+
+  # Data: 'cifar10', 'cats_vs_dogs' (tfds) or 'folder:PATH' (a directory or .zip, one subfolder per class).
+  config.dataset = "cifar10"
+  config.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default
+  config.validation_split = 0.1  # a fixed, stratified share of the training split
+  config.preprocess = "rescale"  # rescale | mean_std | caffe | tf | torch (cnnjax.data.preprocess)
+  config.mean = config_dict.placeholder(tuple)  # per channel, for preprocess='mean_std'
+  config.std = config_dict.placeholder(tuple)
+  # Keras ImageDataGenerator settings, applied on device per image; all zero/False = no augmentation.
+  config.augment = ml_collections.ConfigDict(dict(
+      horizontal_flip=True, rotation=0.0, width_shift=0.1, height_shift=0.1, shear=0.0, zoom=0.0))
+
+  # Optimisation.
+  config.batch_size = 32  # global, split over devices and hosts
+  config.eval_batch_size = 256
+  config.num_epochs = 10
+  config.steps_per_epoch = config_dict.placeholder(int)  # cap per epoch, as Keras fit(steps_per_epoch=)
+  config.optimizer = "adam"  # adam | adamw | sgd | rmsprop
+  config.learning_rate = 1e-3
+  config.momentum = 0.9  # sgd only; 0 = plain SGD
+  config.nesterov = False
+  config.weight_decay = 0.0
+  config.grad_clip_norm = 0.0  # 0 = no clipping
+  config.label_smoothing = 0.0
+  config.schedule = "constant"  # constant | piecewise | inverse_time | warmup_cosine | onecycle
+  config.lr_drops = ()  # piecewise: ((epoch, lr), ...) meaning "lr from the epoch after `epoch` on"
+  config.decay = config_dict.placeholder(float)  # inverse_time; None = learning_rate / num_epochs
+  config.warmup_epochs = 0.0
+
+  # Early stopping on a validation metric; patience 0 = off. The best weights are what restore() returns.
+  config.early_stopping = ml_collections.ConfigDict(dict(monitor="val_loss", patience=0))
+  config.keep_checkpoints = 2  # latest N epochs, besides the best
+  config.nonfinite = "stop"  # a NaN/inf loss: 'stop' with the step number, or 'skip' the update
+  config.seed = 0
+  return config
+
+
+def _fail(message: str):
+  raise ValueError(message)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line ValueError for the first problem found in `config`."""
+  defaults = default_config()
+  for key in config.keys():
+    if key not in defaults and key not in DERIVED_FIELDS:
+      _fail(f"unknown config field {key!r}; valid fields: {', '.join(sorted(defaults.keys()))}")
+  for key, default in defaults.items():
+    if key not in config:
+      _fail(f"config has no field {key!r}; start from configs/default.py (`config = default.get_config()`)")
+    value = config[key]
+    if default is not None and value is not None and not _same_kind(default, value):
+      _fail(f"config.{key} should be a {type(default).__name__}, got {value!r}")
+
+  if config.model not in models.names():
+    _fail(f"unknown model {config.model!r}; choose one of {', '.join(models.names())}")
+  for key in ("batch_size", "eval_batch_size", "num_epochs", "num_classes", "image_size", "channels"):
+    if config[key] <= 0:
+      _fail(f"config.{key} must be positive, got {config[key]}")
+  if config.num_classes < 2:
+    _fail(f"config.num_classes must be at least 2, got {config.num_classes}")
+  if config.steps_per_epoch is not None and config.steps_per_epoch <= 0:
+    _fail(f"config.steps_per_epoch must be positive or None, got {config.steps_per_epoch}")
+  if config.learning_rate <= 0:
+    _fail(f"config.learning_rate must be positive, got {config.learning_rate}")
+  if not 0 <= config.validation_split < 1:
+    _fail(f"config.validation_split must be in [0, 1), got {config.validation_split}")
+  if config.optimizer not in optim.OPTIMIZERS:
+    _fail(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(optim.OPTIMIZERS)}")
+  if config.schedule not in optim.SCHEDULES:
+    _fail(f"unknown schedule {config.schedule!r}; choose one of {', '.join(optim.SCHEDULES)}")
+  if config.schedule == "piecewise" and not all(len(drop) == 2 for drop in config.lr_drops):
+    _fail(f"config.lr_drops must be ((epoch, lr), ...) pairs, got {config.lr_drops!r}")
+  unknown_augment = set(config.augment.keys()) - set(AUGMENT_FIELDS)
+  if unknown_augment:
+    _fail(f"unknown augment setting(s) {sorted(unknown_augment)}; valid: {', '.join(AUGMENT_FIELDS)}")
+  monitor = config.early_stopping.monitor
+  if monitor not in EARLY_STOPPING_MONITORS:
+    _fail(f"unknown early_stopping.monitor {monitor!r}; choose one of {EARLY_STOPPING_MONITORS}")
+  if config.early_stopping.patience and not config.validation_split:
+    _fail("early stopping monitors validation metrics: set config.validation_split > 0 or patience=0")
+  if config.nonfinite not in ("stop", "skip"):
+    _fail(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
+  devices = jax.device_count()
+  if config.batch_size % devices:
+    _fail(f"config.batch_size={config.batch_size} is not divisible by the {devices} devices; "
+          f"use a multiple of {devices}")
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(default, bool) == isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  if isinstance(default, ml_collections.ConfigDict):
+    return isinstance(value, (ml_collections.ConfigDict, dict))
+  return isinstance(value, type(default))
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(text))
+
+
+def changed_fields(saved: Dict, current: Dict) -> List[str]:
+  """Dotted names of the fields that differ between two config dicts (JSON-normalised)."""
+  saved, current = json.loads(json.dumps(saved, default=list)), json.loads(json.dumps(current, default=list))
+  changed = []
+  for key in sorted(set(saved) | set(current)):
+    if key in DERIVED_FIELDS:
+      continue
+    before, after = saved.get(key), current.get(key)
+    if isinstance(before, dict) and isinstance(after, dict):
+      changed += [f"{key}.{sub}" for sub in changed_fields(before, after)]
+    elif before != after:
+      changed.append(key)
+  return changed
+
+
+def check_resumable(saved: Dict, current: Dict) -> None:
+  """A rerun on an existing workdir may only continue the same run (or extend num_epochs)."""
+  changed = [key for key in changed_fields(saved, current) if key not in RESUMABLE_CHANGES]
+  if changed:
+    _fail(f"the workdir holds a run with a different config (changed: {', '.join(changed)}); "
+          "use a new --workdir, or rerun with the saved config.json")
+  if current["num_epochs"] < saved["num_epochs"]:
+    _fail(f"config.num_epochs={current['num_epochs']} is smaller than the workdir's run "
+          f"({saved['num_epochs']}); use a new --workdir to train a shorter run")

@@ -1,0 +1,101 @@
+"""The train state and the pure train / eval steps.
+
+`train_step(state, batch)` is one function for every way of running it: under `jax.jit` with the batch
+sharded over a device Mesh (the default path; XLA inserts the cross-device reductions, and BatchNorm
+statistics are over the global batch), or under `jax.pmap` with `axis_name`, where gradients, BatchNorm
+statistics (the model's `axis_name`) and metrics are averaged with `lax.pmean`.
+"""
+import functools
+from typing import Any, Callable, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from cnnjax import data as data_lib
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a resumed run needs besides the data position (which the epoch counter gives)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @property
+  def variables(self):
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int) -> TrainState:
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      init_rng, jnp.zeros((1, *image_shape), jnp.float32))
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                    rng=state_rng, tx=tx)
+
+
+def prepare_images(images, preprocess: dict, augment: Optional[dict] = None, key=None):
+  """uint8 batch -> float model input; augmentation (Keras ImageDataGenerator settings) before scaling."""
+  images = images.astype(jnp.float32)
+  if augment:
+    images = data_lib.augment(images, key, **augment)
+  return data_lib.preprocess(images, **preprocess)
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, preprocess: dict,
+               augment: Optional[dict] = None, label_smoothing: float = 0.0,
+               learning_rate_fn: Optional[Callable] = None, axis_name: Optional[str] = None):
+  """One optimizer step on `batch` = {'images': uint8 NHWC, 'labels': int}; returns (state, metrics)."""
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    # Each pmap replica augments and drops out differently, as shards of one global batch do under jit.
+    step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
+  augment_rng, dropout_rng = jax.random.split(step_rng)
+  images = prepare_images(batch["images"], preprocess, augment, augment_rng)
+
+  def loss_fn(params):
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                                  mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+    loss = cross_entropy(logits, batch["labels"], num_classes, label_smoothing).mean()
+    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
+  if axis_name is not None:
+    grads = lax.pmean(grads, axis_name)
+    metrics = lax.pmean(metrics, axis_name)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  if learning_rate_fn is not None:
+    metrics["learning_rate"] = learning_rate_fn(state.step)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(variables, batch, *, model: nn.Module, num_classes: int, preprocess: dict):
+  """Sums over the real (mask == 1) images of a batch: loss, correct count, count and confusion matrix."""
+  images = prepare_images(batch["images"], preprocess)
+  logits = model.apply(variables, images, train=False)
+  mask = batch["mask"]
+  predictions = jnp.argmax(logits, -1)
+  confusion = jnp.zeros((num_classes, num_classes), jnp.float32).at[batch["labels"], predictions].add(mask)
+  return {
+      "loss": jnp.sum(cross_entropy(logits, batch["labels"], num_classes) * mask),
+      "correct": jnp.sum((predictions == batch["labels"]) * mask),
+      "count": jnp.sum(mask),
+      "confusion": confusion,
+  }

@@ -1,0 +1,44 @@
+"""What a run writes into its workdir; every file is written whole (temporary file + rename)."""
+import json
+import os
+from typing import Dict, List, Sequence
+
+import ml_collections
+
+from cnnjax.train import config as config_lib
+
+
+def write_text(workdir: str, name: str, text: str) -> str:
+  path = os.path.join(workdir, name)
+  temporary = f"{path}.tmp-{os.getpid()}"
+  with open(temporary, "w") as f:
+    f.write(text)
+  os.replace(temporary, path)
+  return path
+
+
+def prepare(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Creates the workdir; refuses one that holds a different run (see config.check_resumable)."""
+  os.makedirs(workdir, exist_ok=True)
+  saved_path = os.path.join(workdir, "config.json")
+  if os.path.exists(saved_path):
+    with open(saved_path) as f:
+      saved = json.load(f)
+    config_lib.check_resumable(saved, config.to_dict())
+
+
+def write_history(workdir: str, history: List[Dict]) -> None:
+  """metrics.jsonl (one line per epoch) and the loss/accuracy curves, rewritten whole each epoch so a
+  resumed run never duplicates an epoch."""
+  from cnnjax import viz
+  write_text(workdir, "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
+  for metric in ("loss", "accuracy"):
+    viz.training_curves(history, metric, os.path.join(workdir, f"{metric}.png"))
+
+
+def write_outputs(workdir: str, history: List[Dict], results: Dict, class_names: Sequence[str]) -> None:
+  from cnnjax import viz
+  write_text(workdir, "eval.json", json.dumps(results, indent=2))
+  if "confusion_matrix" in results:
+    viz.confusion_matrix_figure(results["confusion_matrix"], class_names,
+                                os.path.join(workdir, "confusion_matrix.png"))

@@ -1,0 +1,28 @@
+"""The cats-vs-dogs CNN at 150x150 (Conv32-Pool-Conv32-Pool-Conv64-Pool-Dropout-Dense64-Dropout-Dense):
+SGD lr 0.01, momentum 0.9, Keras decay lr/epochs, 50 epochs, early stopping on val_loss (patience 2),
+rescale 1/255, shear/zoom/flip augmentation as the Keras blog's ImageDataGenerator.
+
+  python train.py --config configs/catdog_cnn.py --workdir runs/catdog_cnn
+  # offline, on the shipped 2,000 photos:
+  python train.py --config configs/catdog_cnn.py --workdir runs/catdog_cnn \
+      --config.dataset=folder:../shared/data/cats_vs_dogs/train.zip
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model = "catdog_cnn"
+  config.dataset = "cats_vs_dogs"
+  config.num_classes = 2
+  config.image_size = 150
+  config.validation_split = 0.2
+  config.batch_size = 32
+  config.num_epochs = 50
+  config.optimizer = "sgd"
+  config.learning_rate = 0.01
+  config.momentum = 0.9
+  config.schedule = "inverse_time"  # decay = learning_rate / num_epochs
+  config.augment.update(horizontal_flip=True, width_shift=0.0, height_shift=0.0, shear=0.2, zoom=0.2)
+  config.early_stopping.update(monitor="val_loss", patience=2)
+  return config

@@ -1,0 +1,22 @@
+"""Test set-up: four virtual CPU devices (so sharded and pmap paths run for real) and the shared data."""
+import os
+import sys
+from pathlib import Path
+
+# Must happen before jax is imported anywhere.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))  # configs/ is imported as a package, as train.py does
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+  if not (SHARED / "data").is_dir():
+    pytest.skip(f"../shared is not beside the checkout ({SHARED}); it holds the real data and weights")
+  return SHARED

@@ -1,0 +1,299 @@
+"""Training: schedules against Keras's formulas, step equivalence across jit/sharded/pmap, train.py runs,
+resume, restore and config errors."""
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnjax import data as data_lib
+from cnnjax import models
+from cnnjax.train import config as config_lib
+from cnnjax.train import loop
+from cnnjax.train import optim
+from cnnjax.train import sharding
+from cnnjax.train import step as step_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(image_folder, **overrides):
+  config = config_lib.default_config()
+  config.model = "simple_cnn"
+  config.dataset = f"folder:{image_folder}"
+  config.num_classes = 3
+  config.image_size = 16
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_epochs = 2
+  config.validation_split = 0.25
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+  """Three classes a CNN can tell apart: red, green and blue dominated noise images."""
+  root = tmp_path_factory.mktemp("folder")
+  rng = np.random.default_rng(0)
+  for label, name in enumerate(["blue", "green", "red"]):
+    (root / name).mkdir()
+    for index in range(16):
+      pixels = rng.integers(0, 120, size=(20, 20, 3))
+      pixels[..., 2 - label] += 120
+      Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{index}.png")
+  return root
+
+
+# --- schedules -------------------------------------------------------------------------------------------
+
+def test_piecewise_schedule_is_the_tutorials_lr_schedule():
+  config = config_lib.default_config()
+  config.schedule, config.learning_rate, config.lr_drops = "piecewise", 1e-4, ((5, 5e-5), (10, 3e-5))
+  steps_per_epoch = 7
+  schedule = optim.create_schedule(config, steps_per_epoch)
+
+  def keras_lr_schedule(epoch):  # the tutorial's function, called by Keras with 0-based epochs
+    lrate = 0.0001
+    if epoch > 5:
+      lrate = 0.00005
+    if epoch > 10:
+      lrate = 0.00003
+    return lrate
+  for epoch in range(14):
+    for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1):
+      assert float(schedule(step)) == pytest.approx(keras_lr_schedule(epoch), rel=1e-6)
+
+
+def test_inverse_time_schedule_is_keras_decay_per_iteration():
+  config = config_lib.default_config()
+  config.schedule, config.learning_rate, config.num_epochs = "inverse_time", 0.01, 50
+  schedule = optim.create_schedule(config, steps_per_epoch=10)
+  decay = 0.01 / 50
+  for iterations in (0, 1, 10, 499):
+    assert float(schedule(iterations)) == pytest.approx(0.01 / (1 + decay * iterations), rel=1e-6)
+
+
+def test_warmup_cosine_and_onecycle_shapes():
+  config = config_lib.default_config()
+  config.num_epochs, config.learning_rate = 4, 0.1
+  config.schedule, config.warmup_epochs = "warmup_cosine", 1.0
+  schedule = optim.create_schedule(config, steps_per_epoch=10)
+  assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(0.1)
+  assert float(schedule(39)) < 0.01
+  config.schedule = "onecycle"
+  schedule = optim.create_schedule(config, steps_per_epoch=10)
+  peak = max(float(schedule(step)) for step in range(40))
+  assert peak == pytest.approx(0.1, rel=1e-3) and float(schedule(0)) < 0.01 and float(schedule(39)) < 0.001
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_every_optimizer_lowers_a_quadratic(name):
+  config = config_lib.default_config()
+  config.optimizer, config.learning_rate, config.weight_decay = name, 0.05, 1e-4
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
+  params = {"w": jnp.array([3.0, -2.0])}
+  opt_state = tx.init(params)
+  for _ in range(50):
+    grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+  assert float(jnp.sum(params["w"] ** 2)) < 13.0 * 0.5
+
+
+# --- one step, three ways -----------------------------------------------------------------------------------
+
+def test_single_device_sharded_and_pmap_steps_agree():
+  assert jax.device_count() == 4, "conftest forces 4 CPU devices"
+  model = models.create("simple_cnn_bn", num_classes=10, dropout=0.0)
+  config = config_lib.default_config()
+  config.optimizer, config.learning_rate = "sgd", 0.05
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
+  state = step_lib.create_train_state(model, tx, (16, 16, 3), seed=0)
+  rng = np.random.default_rng(1)
+  batch = {"images": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+           "labels": rng.integers(0, 10, (8,)).astype(np.int32)}
+  step = functools.partial(step_lib.train_step, model=model, num_classes=10, preprocess={"mode": "rescale"})
+
+  single_state, single_metrics = jax.jit(step)(state, batch)
+
+  mesh = sharding.data_mesh()
+  replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  sharded_step = jax.jit(step, in_shardings=(replicated, batch_sharded), out_shardings=(replicated, replicated))
+  sharded_state, _ = sharded_step(jax.device_put(state, replicated), sharding.global_batch(batch, batch_sharded))
+  assert len(sharding.global_batch(batch, batch_sharded)["images"].sharding.device_set) == 4
+
+  pmap_model = model.clone(axis_name="batch")
+  pmap_step = jax.pmap(functools.partial(step_lib.train_step, model=pmap_model, num_classes=10,
+                                         preprocess={"mode": "rescale"}, axis_name="batch"), axis_name="batch")
+  per_device = jax.tree_util.tree_map(lambda x: x.reshape(4, 2, *x.shape[1:]), batch)
+  pmap_state, pmap_metrics = pmap_step(jax.device_put_replicated(state, jax.local_devices()), per_device)
+  pmap_state = jax.tree_util.tree_map(lambda x: x[0], pmap_state)
+
+  for other in (sharded_state, pmap_state):
+    for key in ("params", "batch_stats"):
+      expected, actual = getattr(single_state, key), getattr(other, key)
+      jax.tree_util.tree_map(lambda e, a: np.testing.assert_allclose(a, e, atol=1e-5, rtol=1e-5), expected, actual)
+  assert float(pmap_metrics["loss"][0]) == pytest.approx(float(single_metrics["loss"]), rel=1e-5)
+  # The step changed something, so the comparison above was not vacuous.
+  assert not np.allclose(single_state.batch_stats["bn"]["mean"] if "bn" in single_state.batch_stats else
+                         jax.tree_util.tree_leaves(single_state.batch_stats)[0],
+                         jax.tree_util.tree_leaves(state.batch_stats)[0])
+
+
+# --- whole runs ---------------------------------------------------------------------------------------------
+
+def params_of(workdir):
+  _, variables, _ = loop.restore(str(workdir))
+  return variables
+
+
+def assert_trees_equal(a, b):
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_run_writes_every_output_and_restores(image_folder, tmp_path):
+  workdir = tmp_path / "run"
+  results = loop.train_and_evaluate(tiny_config(image_folder), str(workdir))
+  for name in ("config.json", "summary.txt", "metrics.jsonl", "loss.png", "accuracy.png", "eval.json",
+               "confusion_matrix.png"):
+    assert (workdir / name).is_file(), name
+  history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [record["epoch"] for record in history] == [0, 1]
+  assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate", "seconds"} <= set(history[0])
+  evaluation = json.loads((workdir / "eval.json").read_text())
+  assert np.asarray(evaluation["confusion_matrix"]).sum() == evaluation["count"] == 12
+  assert set(evaluation["per_class"]) == {"blue", "green", "red"}
+  assert list((workdir).glob("events.out.tfevents*")), "TensorBoard events"
+
+  model, variables, config = loop.restore(str(workdir))
+  assert config.class_names == ["blue", "green", "red"]
+  splits = data_lib.load(config.dataset, image_size=16, validation_split=0.25, seed=0)
+  images = data_lib.preprocess(jnp.asarray(splits.validation.images, jnp.float32), mode="rescale")
+  accuracy = float(jnp.mean(jnp.argmax(model.apply(variables, images), -1) == splits.validation.labels))
+  assert accuracy == pytest.approx(results["accuracy"], abs=1e-6)
+
+
+def test_same_seed_same_numbers_and_resume_after_a_crash(image_folder, tmp_path, monkeypatch):
+  config = tiny_config(image_folder, num_epochs=3)
+  loop.train_and_evaluate(config, str(tmp_path / "a"))
+  loop.train_and_evaluate(config, str(tmp_path / "b"))
+  reference = params_of(tmp_path / "a")
+  assert_trees_equal(reference, params_of(tmp_path / "b"))
+  assert (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1].split('"seconds"')[0] == \
+      (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1].split('"seconds"')[0]
+
+  # Crash in the middle of the second epoch, then rerun on the same workdir.
+  real_batches = data_lib.batches
+
+  def crashing_batches(*args, epoch, shuffle, **kwargs):
+    for index, batch in enumerate(real_batches(*args, epoch=epoch, shuffle=shuffle, **kwargs)):
+      if shuffle and epoch == 1 and index == 2:
+        raise KeyboardInterrupt("simulated preemption")
+      yield batch
+  monkeypatch.setattr(data_lib, "batches", crashing_batches)
+  with pytest.raises(KeyboardInterrupt):
+    loop.train_and_evaluate(config, str(tmp_path / "c"))
+  monkeypatch.setattr(data_lib, "batches", real_batches)
+  loop.train_and_evaluate(config, str(tmp_path / "c"))
+  assert_trees_equal(reference, params_of(tmp_path / "c"))
+  lines = (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+
+
+def test_larger_num_epochs_continues_and_other_changes_are_refused(image_folder, tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny_config(image_folder, num_epochs=1), workdir)
+  loop.train_and_evaluate(tiny_config(image_folder, num_epochs=2), workdir)
+  assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+  with pytest.raises(ValueError, match=r"changed: learning_rate, model"):
+    loop.train_and_evaluate(tiny_config(image_folder, num_epochs=2, learning_rate=0.1, model="simple_cnn_bn"),
+                            workdir)
+  with pytest.raises(ValueError, match="smaller than"):
+    loop.train_and_evaluate(tiny_config(image_folder, num_epochs=1), workdir)
+
+
+def test_early_stopping_keeps_the_best_epoch(image_folder, tmp_path):
+  # A huge learning rate makes validation loss worse after the first epoch, so training stops early.
+  config = tiny_config(image_folder, num_epochs=8, optimizer="sgd", learning_rate=0.5, momentum=0.0)
+  config.early_stopping.patience = 1
+  config.nonfinite = "skip"
+  results = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  best = min(history, key=lambda record: record["val_loss"])
+  assert results["epoch"] == best["epoch"]
+  assert results["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+  if len(history) < 8:
+    assert history[-1]["epoch"] - best["epoch"] >= 1
+
+
+def test_nonfinite_loss_stops_with_the_step(image_folder, tmp_path):
+  config = tiny_config(image_folder, optimizer="sgd", learning_rate=1e30, momentum=0.0)
+  with pytest.raises(FloatingPointError, match=r"at step \d+"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints" / "best").exists() or \
+      not any((tmp_path / "run" / "checkpoints" / "best").iterdir())
+
+
+def test_mock_tfds_cifar10(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = tiny_config("unused", dataset="cifar10", num_classes=10, image_size=32, num_epochs=1,
+                       validation_split=0.5, steps_per_epoch=2)
+  with tfds.testing.mock_data(num_examples=32):
+    results = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["count"] == 16
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 0}, "batch_size must be positive"),
+    ({"batch_size": 6}, "not divisible by the 4 devices"),
+    ({"learning_rate": -1.0}, "learning_rate must be positive"),
+    ({"model": "vgg17"}, "unknown model 'vgg17'"),
+    ({"optimizer": "adagrad"}, "unknown optimizer"),
+    ({"validation_split": 1.0}, r"validation_split must be in \[0, 1\)"),
+    ({"num_epochs": "ten"}, "num_epochs should be a int"),
+])
+def test_bad_configs_fail_in_one_line_before_compiling(image_folder, tmp_path, overrides, message):
+  config = tiny_config(image_folder)
+  with config.unlocked():
+    config.update(overrides)
+  with pytest.raises(ValueError, match=message) as error:
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert "\n" not in str(error.value)
+
+
+def test_unknown_field_and_wrong_class_count(image_folder, tmp_path):
+  config = tiny_config(image_folder)
+  config.lerning_rate = 0.1
+  with pytest.raises(ValueError, match="unknown config field 'lerning_rate'"):
+    loop.train_and_evaluate(config, str(tmp_path / "a"))
+  with pytest.raises(ValueError, match="has 3 classes .* num_classes=10"):
+    loop.train_and_evaluate(tiny_config(image_folder, num_classes=10), str(tmp_path / "b"))
+
+
+def test_restore_rejects_a_folder_that_is_not_a_run(tmp_path):
+  with pytest.raises(ValueError, match="not a train.py workdir"):
+    loop.restore(str(tmp_path))
+
+
+def test_train_py_cli_trains_and_reports_bad_input_in_one_line(image_folder, tmp_path):
+  command = [sys.executable, "train.py", "--config", "configs/simple_cnn.py", "--workdir", str(tmp_path / "run"),
+             f"--config.dataset=folder:{image_folder}", "--config.num_classes=3", "--config.image_size=16",
+             "--config.batch_size=8", "--config.num_epochs=1"]
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "epoch 1/1" in done.stdout and (tmp_path / "run" / "eval.json").is_file()
+
+  command[4] = str(tmp_path / "other")
+  bad = subprocess.run(command + ["--config.model=alexnet"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0
+  last_line = bad.stderr.strip().splitlines()[-1]
+  assert last_line.startswith("error:") and "alexnet" in last_line, bad.stderr[-2000:]

@@ -1,0 +1,36 @@
+"""Train a cnnjax model: python train.py --config configs/simple_cnn.py --workdir runs/simple_cnn [--config.k=v]
+
+Outputs in the workdir: config.json, summary.txt, metrics.jsonl, loss.png, accuracy.png, eval.json,
+confusion_matrix.png, TensorBoard events and checkpoints/. Rerunning on the same workdir resumes the run.
+"""
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots (resumed if it exists).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host; reads the "
+                  "coordinator address and process ids from the cluster environment).")
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  import jax
+  if flags.FLAGS.distributed:
+    jax.distributed.initialize()
+  from cnnjax.train import train_and_evaluate
+  try:
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except (ValueError, FloatingPointError) as error:
+    if os.environ.get("CNNJAX_DEBUG"):
+      raise
+    # One line the user can act on; CNNJAX_DEBUG=1 shows the traceback.
+    sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+  app.run(main)
