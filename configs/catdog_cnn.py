@@ -23,6 +23,7 @@ def get_config():
   config.learning_rate = 0.01
   config.momentum = 0.9
   config.schedule = "inverse_time"  # decay = learning_rate / num_epochs
-  config.augment.update(horizontal_flip=True, width_shift=0.0, height_shift=0.0, shear=0.2, zoom=0.2)
+  # The blog's shear_range=0.2 was in radians (Keras 1); Keras 2+ and cnnjax take degrees: 0.2 rad = 11.46 deg.
+  config.augment.update(horizontal_flip=True, width_shift=0.0, height_shift=0.0, shear=11.46, zoom=0.2)
   config.early_stopping.update(monitor="val_loss", patience=2)
   return config

@@ -12,7 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))  # configs/ is imported as a package, as train.py does
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Tests build many small runs whose steps compile to the same programs: reuse them across runs.
+jax.config.update("jax_compilation_cache_dir", str(Path(os.environ.get("TMPDIR", "/tmp")) / "cnnjax-test-xla-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,12 @@ KEY = jax.random.PRNGKey(0)
 class SmallCNN(nn.Module):
   """Conv-BN-ReLU, Conv, Pool, GAP, Dense: BatchNorm (inference mode) plus the usual Keras layers."""
   num_classes: int = 3
-  trace_log: list = None  # appended to each time the model is traced, to count (re)compilations
+  trace_counter: "TraceCounter" = None  # counts how often the model is traced, i.e. (re)compiled
 
   @nn.compact
   def __call__(self, x, train=False):
-    if self.trace_log is not None:
-      self.trace_log.append(x.shape)
+    if self.trace_counter is not None:
+      self.trace_counter.count += 1
     x = L.Conv(4, name="conv1")(x)
     x = L.batch_norm(train, name="bn1")(x)
     x = L.Activation("relu", name="relu1")(x)
@@ -29,6 +29,10 @@ class SmallCNN(nn.Module):
     x = L.Pool(name="pool")(x)
     x = L.GlobalAveragePool(name="gap")(x)
     return L.Dense(self.num_classes, name="predictions")(x)
+
+
+class TraceCounter:
+  count = 0
 
 
 class CamNet(nn.Module):
@@ -53,14 +57,19 @@ class MLP(nn.Module):
     return L.Dense(3, name="predictions")(x)
 
 
-def _small_cnn(trace_log=None):
-  model = SmallCNN(trace_log=trace_log)
-  variables = model.init(KEY, jnp.zeros((1, 8, 8, 3)))
+def _small_cnn(trace_counter=None):
+  model = SmallCNN(trace_counter=trace_counter)
+  variables = _init(model, jnp.zeros((1, 8, 8, 3)))
   # Non-trivial running statistics, so that using batch statistics instead would show.
   stats = variables["batch_stats"]["bn1"]
   variables = {"params": variables["params"], "batch_stats": {"bn1": {
       "mean": stats["mean"] + jnp.linspace(-0.3, 0.3, 4), "var": stats["var"] * jnp.linspace(0.5, 2, 4)}}}
   return model, variables
+
+
+def _init(model, images):
+  # Jitted: eager initialisation dispatches (and compiles) every small op one at a time.
+  return jax.jit(model.init)(KEY, images)
 
 
 def _images(n=3, size=8, channels=3, seed=1):
@@ -77,7 +86,8 @@ def test_saliency_equals_central_finite_differences():
     targets = np.array([2, 0])
     gradients = np.asarray(explain.saliency(model, variables, images, targets))
     assert gradients.dtype == np.float64
-    logit = lambda x, b: float(model.apply(variables, x, train=False)[b, targets[b]])
+    apply = jax.jit(lambda x: model.apply(variables, x, train=False))
+    logit = lambda x, b: float(apply(x)[b, targets[b]])
     rng = np.random.default_rng(0)
     step = 1e-6
     for b in range(2):
@@ -112,7 +122,7 @@ def _hand_backprop(params, x, target, rule):
 def test_guided_and_rectified_backprop_follow_the_hand_derived_rules():
   model = MLP()
   images = _images(4, size=2, channels=2, seed=3)
-  variables = model.init(KEY, images)
+  variables = _init(model, images)
   # Biases push some pre-activations negative, so the three rules disagree.
   params = jax.tree.map(lambda a: a, variables["params"])
   params["hidden1"]["bias"] = jnp.linspace(-0.5, 0.5, 5)
@@ -143,7 +153,7 @@ def test_layer_names_in_forward_order_and_activations_by_name():
       "conv1", "bn1", "relu1", "conv2", "pool", "gap", "predictions"]
   images = _images(2)
   outputs = explain.activations(model, variables, images, ["conv2", "gap", "predictions"])
-  np.testing.assert_allclose(outputs["predictions"], model.apply(variables, images, train=False), atol=1e-6)
+  np.testing.assert_allclose(outputs["predictions"], jax.jit(model.apply)(variables, images), atol=1e-6)
   np.testing.assert_allclose(outputs["gap"], outputs["conv2"].reshape(2, 4, 2, 4, 2, 6).max(axis=(2, 4))
                              .mean(axis=(1, 2)), atol=1e-6)
   assert explain.activations(model, variables, images, "relu1")["relu1"].min() >= 0
@@ -178,7 +188,7 @@ def _cam(variables, features, target):
 def test_gradcam_equals_cam_on_gap_dense_model():
   model = CamNet()
   images = _images(3)
-  variables = model.init(KEY, images)
+  variables = _init(model, images)
   targets = np.array([0, 1, 2])
   maps = explain.gradcam(model, variables, images, targets, layer="features")
   features = explain.activations(model, variables, images, ["features"])["features"]
@@ -202,7 +212,7 @@ def _bilinear_half_pixel(image, size):
 def test_gradcam_upsamples_cam_bilinearly_with_half_pixel_centres():
   model = CamNet(strides=(2, 2))
   images = _images(2)
-  variables = model.init(KEY, images)
+  variables = _init(model, images)
   maps = explain.gradcam(model, variables, images, [1, 2], layer="features")
   features = explain.activations(model, variables, images, "features")["features"]
   assert features.shape[1:3] == (4, 4) and maps.shape == (2, 8, 8)
@@ -214,7 +224,7 @@ def test_gradcam_upsamples_cam_bilinearly_with_half_pixel_centres():
 def test_gradcam_plus_plus_matches_its_closed_form():
   model = CamNet()
   images = _images(2)
-  variables = model.init(KEY, images)
+  variables = _init(model, images)
   maps = explain.gradcam_plus_plus(model, variables, images, [0, 2], layer="features")
   features = np.asarray(explain.activations(model, variables, images, "features")["features"], np.float64)
   kernel = np.asarray(variables["params"]["predictions"]["kernel"], np.float64)
@@ -254,14 +264,16 @@ def test_batch_explained_together_equals_each_alone(method):
 
 
 def test_second_call_with_same_shapes_does_not_retrace():
-  trace_log = []
-  model, variables = _small_cnn(trace_log)
+  counter = TraceCounter()
+  model, variables = _small_cnn(counter)
   for explainer in (explain.saliency, explain.gradcam, explain.guided_gradcam):
     explainer(model, variables, _images(2, seed=1), np.array([0, 1]))
-    traces = len(trace_log)
+    traces = counter.count
     other_variables = jax.tree.map(lambda a: a * 1.5, variables)
     explainer(model, other_variables, _images(2, seed=2), np.array([2, 2]))
-    assert len(trace_log) == traces, explainer.__name__
+    assert counter.count == traces, explainer.__name__
+  explain.saliency(model, variables, _images(3), np.array([0, 1, 2]))
+  assert counter.count > traces  # a new shape does compile (the counter is live)
 
 
 @pytest.mark.parametrize("fill", [0.0, 1.0, -2.0])
@@ -278,7 +290,7 @@ def test_no_nan_on_constant_images(fill):
 def test_all_negative_cam_is_zero_not_nan():
   model = CamNet()
   images = jnp.abs(_images(2)) + 0.1
-  variables = model.init(KEY, images)
+  variables = _init(model, images)
   params = jax.tree.map(lambda a: a, variables["params"])
   params["features"]["kernel"] = jnp.abs(params["features"]["kernel"])  # positive features ...
   params["predictions"]["kernel"] = -jnp.abs(params["predictions"]["kernel"])  # ... all weighted negatively
@@ -326,7 +338,7 @@ class DeepCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     for i in range(4):
-      x = L.Conv(16, activation="relu", name=f"conv{i + 1}")(x)
+      x = L.Conv(8, activation="relu", name=f"conv{i + 1}")(x)
     x = L.GlobalAveragePool(name="gap")(x)
     return L.Dense(10, name="predictions")(x)
 
@@ -339,21 +351,21 @@ def _flops(function, *args):
 
 def test_gradcam_costs_about_one_forward_pass():
   model = DeepCNN()
-  images = _images(4, size=16)
-  variables = model.init(KEY, images)
-  targets = jnp.array([0, 1, 2, 3])
+  images = _images(2, size=12)
+  variables = _init(model, images)
+  targets = jnp.array([0, 1])
   forward = _flops(lambda v, x: model.apply(v, x, train=False), variables, images)
   info = explain.features.resolve_layer(model, images.shape[1:], "conv4")
   cam = _flops(lambda v, x, t: cam_lib.class_activation_maps(model, v, x, t, info), variables, images, targets)
   saliency = _flops(lambda v, x, t: explain.gradients.input_gradients(model, v, x, t), variables, images, targets)
   assert cam <= 1.5 * forward, (cam, forward)
-  assert saliency > 2 * forward  # sanity: a backward pass below the layer would be visible in the count
+  assert saliency > 1.8 * forward  # sanity: a backward pass below the layer shows in the count
 
 
 def test_gradcam_differentiates_only_the_probe():
   model = DeepCNN()
   images = _images(2, size=8)
-  variables = model.init(KEY, images)
+  variables = _init(model, images)
   info = explain.features.resolve_layer(model, images.shape[1:], "conv2")
   jaxpr = jax.make_jaxpr(lambda v, x, t: cam_lib.class_activation_maps(model, v, x, t, info))(
       variables, images, jnp.array([0, 1]))
@@ -399,7 +411,7 @@ def test_gradcam_localises_a_learned_square():
   rng = np.random.default_rng(0)
   model = SquareDetector()
   images, labels, _ = _square_scenes(rng, 512)
-  variables = model.init(KEY, images[:1])
+  variables = _init(model, images[:1])
   optimizer = optax.adam(0.01)
   state = optimizer.init(variables["params"])
 
@@ -416,7 +428,7 @@ def test_gradcam_localises_a_learned_square():
     for start in range(0, 512, 64):
       params, state = step(params, state, images[start:start + 64], labels[start:start + 64])
   test_images, test_labels, masks = _square_scenes(rng, 64)
-  logits = model.apply({"params": params}, test_images)
+  logits = jax.jit(model.apply)({"params": params}, test_images)
   assert (np.argmax(logits, -1) == test_labels).mean() > 0.9
   positives = test_labels == 1
   maps = np.asarray(explain.gradcam(model, {"params": params}, test_images[positives],
@@ -425,3 +437,199 @@ def test_gradcam_localises_a_learned_square():
                                            (1, 3, 3), (1, 1, 1), "SAME")) > 0  # square plus a 1-pixel rim
   mass_on_square = (maps * grown).sum(axis=(1, 2)) / maps.sum(axis=(1, 2))
   assert np.median(mass_on_square) > 0.5, mass_on_square
+
+
+# --- SmoothGrad and Integrated Gradients ----------------------------------------------------------
+
+class SmoothCNN(nn.Module):
+  """tanh everywhere: smooth, so the midpoint rule converges fast and completeness can be tight."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = L.Conv(4, activation="tanh", name="conv1")(x)
+    x = L.Conv(4, strides=(2, 2), activation="tanh", name="conv2")(x)
+    x = L.Flatten(name="flatten")(x)
+    return L.Dense(3, name="predictions")(x)
+
+
+class Cubic(nn.Module):
+  """logits (sum x^3, -sum x^3): the gradient 3x^2 has noise mean 3x^2 + 3 sigma^2 exactly."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    total = jnp.sum(x ** 3, axis=(1, 2, 3))
+    return jnp.stack([total, -total], axis=-1)
+
+
+@pytest.mark.parametrize("model_class, steps, tolerance", [(SmoothCNN, 16, 1e-3), (SmallCNN, 64, 2e-2)])
+def test_integrated_gradients_completeness(model_class, steps, tolerance):
+  model = model_class()
+  images = _images(3)
+  variables = _init(model, images)
+  if model_class is SmallCNN:
+    _, variables = _small_cnn()
+  targets = np.array([0, 2, 1])
+  baseline = jnp.full(images.shape[1:], 0.25)
+  attributions = explain.integrated_gradients(model, variables, images, targets, baseline=baseline,
+                                              steps=steps)
+  apply = jax.jit(model.apply)
+  rows = np.arange(3)
+  gap = (np.asarray(apply(variables, images))[rows, targets]
+         - np.asarray(apply(variables, jnp.broadcast_to(baseline, images.shape)))[rows, targets])
+  sums = np.asarray(attributions).sum(axis=(1, 2, 3))
+  np.testing.assert_allclose(sums, gap, rtol=tolerance, atol=tolerance * np.abs(gap).max())
+
+
+def test_one_step_integrated_gradients_is_input_times_midpoint_gradient():
+  model = SmoothCNN()
+  images = _images(2)
+  variables = _init(model, images)
+  one_step = explain.integrated_gradients(model, variables, images, [1, 2], steps=1)
+  midpoint_gradient = explain.saliency(model, variables, images / 2, [1, 2])
+  np.testing.assert_allclose(one_step, images * midpoint_gradient, rtol=1e-5, atol=1e-6)
+
+
+def test_smoothgrad_noise_is_zero_mean_with_the_requested_spread():
+  model = Cubic()
+  images = _images(2)
+  variables = {}
+  noise, samples = 0.1, 400
+  smooth = explain.smoothgrad(model, variables, images, [0, 0], samples=samples, noise=noise)
+  plain = explain.saliency(model, variables, images, [0, 0])
+  sigma = noise * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))
+  excess = np.asarray(smooth - plain).mean(axis=(1, 2, 3))  # E[3(x+e)^2] - 3x^2 = 3 sigma^2
+  np.testing.assert_allclose(excess, 3 * sigma ** 2, rtol=0.05)
+  np.testing.assert_allclose(explain.smoothgrad(model, variables, images, [1, 1], samples=samples, noise=0.0),
+                             -plain,
+                             rtol=1e-6)
+
+
+def test_smoothgrad_is_reproducible_and_seeded():
+  model, variables = _small_cnn()
+  images = _images(2)
+  first = explain.smoothgrad(model, variables, images, [0, 1], samples=4, seed=3)
+  again = explain.smoothgrad(model, variables, images, [0, 1], samples=4, seed=3)
+  other = explain.smoothgrad(model, variables, images, [0, 1], samples=4, seed=4)
+  np.testing.assert_array_equal(first, again)
+  assert not np.allclose(first, other)
+
+
+# --- the model zoo ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, size, options, check_guided", [
+    ("simple_cnn_bn", 16, {}, False),  # BatchNorm, Flatten head
+    ("resnet20", 8, {}, True),  # residual, BatchNorm, global pooling, stand-alone Activation layers
+    ("mobilenet", 32, {"alpha": 0.25}, False),  # depthwise, ReLU6, 1x1 pooled map before conv_preds
+])
+def test_explainers_run_on_zoo_models(name, size, options, check_guided):
+  models = pytest.importorskip("cnnjax.models")
+  model = models.create(name, num_classes=4, **options)
+  images = _images(2, size=size)
+  variables = _init(model, images)
+  targets = np.array([3, 1])
+  maps = np.asarray(explain.gradcam(model, variables, images, targets))
+  assert maps.shape == (2, size, size) and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+  if check_guided:  # compiling these is slow; one residual BatchNorm model suffices
+    plain = np.asarray(explain.saliency(model, variables, images, targets))
+    guided = np.asarray(explain.saliency(model, variables, images, targets, modifier="guided"))
+    assert np.isfinite(guided).all() and np.abs(guided).sum() > 0
+    # Every ReLU goes through the switchable activation (random nets' gradients are tiny: compare relatively).
+    assert np.abs(plain - guided).max() > 1e-2 * np.abs(plain).max()
+
+
+def test_default_cam_layers_of_zoo_models():
+  models = pytest.importorskip("cnnjax.models")
+  for name, size, expected in (("vgg16", 32, "block5_conv3"), ("resnet50", 32, "conv5_block3_out"),
+                               ("mobilenet", 32, "conv_pw_13_relu")):
+    infos = explain.features.layer_infos(models.create(name, num_classes=10), (size, size, 3))
+    assert explain.features.default_cam_layer(infos).name == expected
+  resnet = models.create("resnet50", num_classes=10)
+  info = explain.features.resolve_layer(resnet, (32, 32, 3), "res5c_branch2c")
+  assert info.name == "conv5_block3_3_conv"
+
+
+# --- activation maximization ------------------------------------------------------------------------
+
+class Linear(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    return L.Dense(3, name="predictions")(L.Flatten(name="flatten")(x))
+
+
+def test_maximized_class_input_of_a_linear_model_aligns_with_its_weights():
+  # argmax_x w.x - l2 * mean(x^2) is x = w * N / (2 l2): the ascent must end up parallel to w.
+  model = Linear()
+  variables = _init(model, jnp.zeros((1, 4, 4, 2)))
+  images = explain.maximize_activation(model, variables, [2, 0], input_shape=(4, 4, 2), steps=150, lr=0.05,
+                                       l2=1.0, tv=0.0)
+  kernel = np.asarray(variables["params"]["predictions"]["kernel"])
+  for image, target in zip(np.asarray(images), [2, 0]):
+    cosine = image.ravel() @ kernel[:, target] / np.linalg.norm(image) / np.linalg.norm(kernel[:, target])
+    assert cosine > 0.99, cosine
+
+
+def test_maximize_filters_and_joint_classes_raise_their_objectives_without_retracing():
+  counter = TraceCounter()
+  model, variables = _small_cnn(counter)
+  apply = jax.jit(lambda x: model.apply(variables, x, train=False))
+  noise = 0.1 * jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 3))  # the ascent's starting point
+  start = np.asarray(apply(noise))[0]
+  ascended = explain.maximize_activation(model, variables, [[0, 1], 2], input_shape=(8, 8, 3), steps=60,
+                                         lr=0.1, jitter=1, blur=0.5)
+  logits = np.asarray(apply(ascended))
+  assert np.all(logits[0, :2] > start[:2] + 0.3) and logits[1, 2] > start[2] + 0.3, (logits, start)
+  traces = counter.count
+  explain.maximize_activation(model, variables, [[2, 1], 0], input_shape=(8, 8, 3), steps=60, lr=0.1,
+                              jitter=1, blur=0.5, seed=1)
+  assert counter.count == traces
+  chosen = explain.maximize_activation(model, variables, layer="conv2", filters=[3, 5], input_shape=(8, 8, 3),
+                                       steps=60)
+  channel_means = lambda x: explain.activations(model, variables, x, "conv2")["conv2"].mean(axis=(1, 2))
+  gained = np.asarray(channel_means(chosen)) - np.asarray(channel_means(jnp.tile(noise, (2, 1, 1, 1))))
+  assert gained[0, 3] > 0.5 and gained[1, 5] > 0.5
+
+
+def test_maximize_rejects_bad_units():
+  model, variables = _small_cnn()
+  _one_line_error(lambda: explain.maximize_activation(model, variables, [3], input_shape=(8, 8, 3)), "0..2")
+  _one_line_error(lambda: explain.maximize_activation(model, variables, layer="conv2", filters=[6],
+                                                      input_shape=(8, 8, 3)), "0..5")
+  _one_line_error(lambda: explain.maximize_activation(model, variables, [0], layer="conv2",
+                                                      input_shape=(8, 8, 3)), "filters")
+
+
+# --- faithfulness metrics ---------------------------------------------------------------------------
+
+def test_deletion_insertion_curves_follow_the_map_order_exactly():
+  # One row of four pixels; class 0's logit weighs them 4, 3, 2, 1 and class 1's is 0.
+  model = Linear()
+  variables = _init(model, jnp.zeros((1, 1, 4, 1)))
+  kernel = np.zeros((4, 3), np.float32)
+  kernel[:, 0] = [4, 3, 2, 1]
+  bias = jnp.array([0.0, 0.0, -100.0])  # class 2 out of the way: softmax(z, 0, -100) = sigmoid(z)
+  variables = {"params": {"predictions": {"kernel": jnp.asarray(kernel), "bias": bias}}}
+  images = jnp.ones((2, 1, 4, 1))
+  maps = jnp.array([[[4.0, 3, 2, 1]], [[1.0, 2, 3, 4]]])  # the true order, and its reverse
+  result = explain.deletion_insertion(model, variables, images, [0, 0], maps, steps=4, blur_sigma=1.0)
+  sigmoid = lambda z: 1 / (1 + np.exp(-np.asarray(z, np.float64)))
+  expected_deletion = [sigmoid([10, 6, 3, 1, 0]), sigmoid([10, 9, 7, 4, 0])]
+  np.testing.assert_allclose(result["deletion_curve"], expected_deletion, rtol=1e-5)
+  trapezoid = [(curve.sum() - (curve[0] + curve[-1]) / 2) / 4 for curve in expected_deletion]
+  np.testing.assert_allclose(result["deletion"], trapezoid, rtol=1e-5)
+  assert result["deletion"][0] < result["deletion"][1]
+  assert result["insertion"][0] > result["insertion"][1]
+  np.testing.assert_allclose(result["insertion_curve"][:, -1], sigmoid(10), rtol=1e-5)
+
+
+def test_randomization_check_cascades_from_the_top():
+  model, variables = _small_cnn()
+  images, targets = _images(2), np.array([0, 2])
+  same = explain.randomization_check(model, {**variables, "params": _init(model, images[:1])["params"]},
+                                     images, targets, method="saliency", seed=0)
+  assert [entry["layer"] for entry in same] == ["predictions", "conv2", "bn1", "conv1"]
+  for entry in same:  # re-initialising with the very parameters in use changes nothing
+    np.testing.assert_allclose(entry["spearman"], 1.0, atol=1e-6)
+  trained = {**variables, "params": jax.tree.map(lambda a: a + 0.3, variables["params"])}
+  randomized = explain.randomization_check(model, trained, images, targets, method="gradcam", seed=5)
+  assert len(randomized) == 4 and np.mean(randomized[-1]["spearman"]) < 0.9
+  assert all(np.all(np.abs(entry["spearman"]) <= 1) for entry in randomized)

@@ -9,6 +9,7 @@ so resuming at batch k of epoch e replays exactly what an uninterrupted run woul
 host, whatever their number, agrees on the global batch and takes its own contiguous slice of it.
 """
 import dataclasses
+import os
 from typing import Iterator, List, Optional
 
 import numpy as np
@@ -56,11 +57,13 @@ def load(dataset: str, *, image_size: int, channels: int = 3, validation_split: 
     raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
   if not 0 <= validation_split < 1:
     raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+  if limit_per_class is not None and (not isinstance(limit_per_class, (int, np.integer)) or limit_per_class < 1):
+    raise ValueError(f"limit_per_class must be a positive int or None, got {limit_per_class!r}")
   options = dict(image_size=int(image_size), channels=channels, limit_per_class=limit_per_class)
   if dataset in sources.TFDS_DATASETS:
     decoded = sources.load_tfds(dataset, data_dir=data_dir, **options)
   elif isinstance(dataset, str) and dataset.startswith(sources.FOLDER_PREFIX):
-    path = dataset[len(sources.FOLDER_PREFIX):]
+    path = os.path.expanduser(dataset[len(sources.FOLDER_PREFIX):])
     if not path:
       raise ValueError("dataset 'folder:' needs a path, e.g. 'folder:/data/cats_vs_dogs/train.zip'")
     decoded = sources.load_folder(path, cache_dir=cache_dir, **options)
@@ -125,18 +128,22 @@ def batches(images: ImageSet, *, batch_size: int, seed: int, epoch: int, shuffle
   if not 0 <= start_batch <= total:
     raise ValueError(f"start_batch must be in [0, {total}] (batches per epoch), got {start_batch}")
   order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
-  share = batch_size // process_count
-  for step in range(start_batch, total):
+  # A generator inside, so bad arguments raise here, at the call, rather than at the first next().
+  return _iterate(images, order, batch_size, batch_size // process_count, process_index, range(start_batch, total),
+                  pad=not shuffle)
+
+
+def _iterate(images: ImageSet, order, batch_size, share, process_index, steps, pad: bool) -> Iterator[dict]:
+  for step in steps:
     first = step * batch_size + process_index * share
     index = order[first:first + share]
-    if shuffle:
+    if not pad:
       yield {"images": images.images[index], "labels": images.labels[index]}
       continue
-    real = len(index)
-    pad = share - real
+    real, padding = len(index), share - len(index)
     yield {
         "images": np.concatenate([images.images[index],
-                                  np.zeros((pad, *images.images.shape[1:]), images.images.dtype)]),
-        "labels": np.concatenate([images.labels[index], np.zeros(pad, images.labels.dtype)]),
-        "mask": np.concatenate([np.ones(real, np.float32), np.zeros(pad, np.float32)]),
+                                  np.zeros((padding, *images.images.shape[1:]), images.images.dtype)]),
+        "labels": np.concatenate([images.labels[index], np.zeros(padding, images.labels.dtype)]),
+        "mask": np.concatenate([np.ones(real, np.float32), np.zeros(padding, np.float32)]),
     }

@@ -6,8 +6,9 @@ uint8 at 32 px), so holding them in memory makes iteration a permutation and res
 
 Folder/zip layout is Keras `flow_from_directory`: one subfolder per class, class names sorted alphabetically
 give the label order. The class level is the first path component below the deepest folder shared by every
-image, so both `cats/x.jpg` and a zip of `train/cats/x.jpg` work, and images nested deeper inside a class
-folder belong to that class (Keras also lists class folders recursively).
+image in a folder, so both `cats/x.jpg` and a zip of `train/cats/x.jpg` work; images nested deeper inside a
+class folder belong to that class (Keras also lists class folders recursively) and images beside the class
+folders belong to none and are ignored (as in Keras). Hidden files and `__MACOSX/` entries are ignored.
 """
 import concurrent.futures
 import dataclasses
@@ -19,6 +20,7 @@ import os
 import pathlib
 import posixpath
 import tempfile
+import time
 import zipfile
 from typing import List, Optional, Sequence, Tuple
 
@@ -72,41 +74,40 @@ def _decode_bytes(data: bytes, image_size: int, channels: int) -> Optional[np.nd
     return None  # PIL's errors for truncated, empty or unrecognised files
 
 
-def _read_and_decode(root: str, names: Sequence[str], image_size: int, channels: int):
-  """Decodes `names` inside `root` (a directory or a zip). Runs in worker processes, so it opens the zip itself."""
-  images = np.zeros((len(names), image_size, image_size, channels), np.uint8)
-  decoded = np.zeros(len(names), bool)
-  archive = zipfile.ZipFile(root) if zipfile.is_zipfile(root) else None
-  try:
-    for i, name in enumerate(names):
-      if archive is not None:
-        data = archive.read(name)
-      else:
-        data = pathlib.Path(root, name).read_bytes()
-      array = _decode_bytes(data, image_size, channels)
-      if array is not None:
-        images[i], decoded[i] = array, True
-  finally:
-    if archive is not None:
-      archive.close()
+def _read_all(root: str, names: Sequence[str]) -> List[bytes]:
+  """The encoded files, read once in this process: each ZipFile open re-parses the whole central directory."""
+  if os.path.isdir(root):
+    return [pathlib.Path(root, name).read_bytes() for name in names]
+  with zipfile.ZipFile(root) as archive:
+    return [archive.read(name) for name in names]
+
+
+def _decode_chunk(encoded: Sequence[bytes], image_size: int, channels: int):
+  """(uint8 images, decoded mask); a worker-process task, so it returns arrays rather than a list."""
+  images = np.zeros((len(encoded), image_size, image_size, channels), np.uint8)
+  decoded = np.zeros(len(encoded), bool)
+  for i, data in enumerate(encoded):
+    array = _decode_bytes(data, image_size, channels)
+    if array is not None:
+      images[i], decoded[i] = array, True
   return images, decoded
 
 
 def _decode_all(root: str, names: Sequence[str], image_size: int, channels: int):
   """All `names` decoded, in order, with a process pool for big sources (decoding holds the GIL)."""
+  encoded = _read_all(root, names)
   workers = min(os.cpu_count() or 1, 8)
   if (len(names) < _MIN_FILES_FOR_POOL or workers == 1
       or "fork" not in multiprocessing.get_all_start_methods()):
-    return _read_and_decode(root, names, image_size, channels)
+    return _decode_chunk(encoded, image_size, channels)
   chunk = -(-len(names) // (4 * workers))
-  chunks = [names[i:i + chunk] for i in range(0, len(names), chunk)]
+  chunks = [encoded[i:i + chunk] for i in range(0, len(names), chunk)]
   # 'fork', not 'spawn': spawn re-runs the caller's __main__ in every worker, which breaks any script or
-  # notebook without an `if __name__ == '__main__'` guard. The workers only run Pillow/numpy/zipfile, never
-  # JAX, so the threads JAX may have started in the parent do not matter to them (as in PyTorch's loaders).
+  # notebook without an `if __name__ == '__main__'` guard. The workers only run Pillow/numpy, never JAX, so
+  # the threads JAX may have started in the parent do not matter to them (as in PyTorch's data loaders).
   context = multiprocessing.get_context("fork")
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    parts = list(pool.map(_read_and_decode, [root] * len(chunks), chunks,
-                          [image_size] * len(chunks), [channels] * len(chunks)))
+    parts = list(pool.map(_decode_chunk, chunks, [image_size] * len(chunks), [channels] * len(chunks)))
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -123,7 +124,7 @@ def _zip_image_names(path: str) -> List[str]:
     names = [info.filename for info in archive.infolist() if not info.is_dir()]
   for name in names:
     parts = name.replace("\\", "/").split("/")
-    if name.startswith("/") or "\\" in name or ".." in parts or (parts[0].endswith(":")):
+    if parts[0] == "" or parts[0].endswith(":") or ".." in parts:  # absolute, a drive, or climbing out
       raise ValueError(f"{path} holds an unsafe entry {name!r} (absolute path or '..'); rebuild the zip "
                        "with paths relative to its root")
   return [name for name in names if _is_image_name(name)]
@@ -141,8 +142,8 @@ def _folder_image_names(path: str) -> List[str]:
 
 def _labelled(names: Sequence[str], source: str) -> Tuple[List[str], np.ndarray, List[str]]:
   """(files with a class, their labels, sorted class names): class = first component below the shared folder."""
-  folders = [posixpath.dirname(name) for name in names]
-  shared = posixpath.commonpath(folders) if folders and all(folders) else ""
+  folders = [posixpath.dirname(name) for name in names if "/" in name]  # top-level files have no class
+  shared = posixpath.commonpath(folders) if folders else ""
   depth = len(shared.split("/")) if shared else 0
   files, classes = [], []
   for name in names:
@@ -151,6 +152,9 @@ def _labelled(names: Sequence[str], source: str) -> Tuple[List[str], np.ndarray,
       files.append(name)
       classes.append(parts[depth])
   class_names = sorted(set(classes))
+  if names and not files:
+    raise ValueError(f"{source}: all {len(names)} images are in one folder ({shared or '.'}); a classifier "
+                     "needs at least 2 classes: put each class's images in its own subfolder")
   if not files:
     raise ValueError(f"{source} has no images in class subfolders (expected CLASS/IMAGE with extensions "
                      f"{', '.join(IMAGE_EXTENSIONS)})")
@@ -162,25 +166,12 @@ def _labelled(names: Sequence[str], source: str) -> Tuple[List[str], np.ndarray,
   return [files[i] for i in order], np.array([index[classes[i]] for i in order], np.int32), class_names
 
 
-def _limited(files, labels, limit_per_class):
-  if limit_per_class is None:
-    return files, labels
-  if limit_per_class < 1:
-    raise ValueError(f"limit_per_class must be a positive int or None, got {limit_per_class}")
-  keep = np.concatenate([np.flatnonzero(labels == c)[:limit_per_class] for c in np.unique(labels)])
-  return [files[i] for i in keep], labels[keep]
-
-
 def _fingerprint(path: str, names: Sequence[str]) -> str:
-  """Changes whenever a listed file changes (size or mtime), so stale caches are never read."""
+  """Changes whenever the zip or a listed file changes (size or mtime), so a stale cache is never read."""
   digest = hashlib.sha256(os.path.abspath(path).encode())
-  if os.path.isfile(path):
-    stat = os.stat(path)
-    digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-  else:
-    for name in names:
-      stat = os.stat(os.path.join(path, name))
-      digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+  for name in names or [""]:
+    stat = os.stat(os.path.join(path, name) if name else path)
+    digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
   return digest.hexdigest()
 
 
@@ -216,36 +207,40 @@ def load_folder(path: str, *, image_size: int, channels: int, limit_per_class: O
   """Images of a Keras-layout directory or .zip. Cached under `cache_dir` ('' disables the cache)."""
   if not os.path.exists(path):
     raise ValueError(f"folder:{path} does not exist; give an existing directory or .zip of class subfolders")
-  if os.path.isfile(path):
-    if not zipfile.is_zipfile(path):
-      raise ValueError(f"folder:{path} is a file but not a zip; give a directory or a .zip of class subfolders")
-    names = _zip_image_names(path)
-  else:
-    names = _folder_image_names(path)
-  files, labels, class_names = _labelled(names, f"folder:{path}")
-  files, labels = _limited(files, labels, limit_per_class)
-
+  is_zip = os.path.isfile(path)
+  if is_zip and not zipfile.is_zipfile(path):
+    raise ValueError(f"folder:{path} is a file but not a zip; give a directory or a .zip of class subfolders")
+  # A zip's own stat identifies its content, so a cached zip is read without listing its 50,000 entries.
+  names = None if is_zip else _folder_image_names(path)
   cache_dir = default_cache_dir() if cache_dir is None else cache_dir
   cache_file = None
   if cache_dir:
-    key = hashlib.sha256(f"{_CACHE_FORMAT}:{_fingerprint(path, files)}:{image_size}:{channels}:"
+    key = hashlib.sha256(f"{_CACHE_FORMAT}:{_fingerprint(path, names)}:{image_size}:{channels}:"
                          f"{limit_per_class}".encode()).hexdigest()[:24]
     cache_file = os.path.join(cache_dir, f"{pathlib.Path(path).stem}-{image_size}px-{channels}ch-{key}.npz")
-    cached = _read_cache(cache_file)
-    if cached is not None:
-      return cached
-
-  images, decoded = _decode_all(path, files, image_size, channels)
-  skipped = int(np.sum(~decoded))
-  if skipped:
-    log.warning("skipped %d of %d files that failed to decode", skipped, len(files))
-    print(f"skipped {skipped} of {len(files)} files that failed to decode")
-  result = Decoded(images[decoded], labels[decoded], class_names, skipped)
-  if len(result.images) == 0:
-    raise ValueError(f"folder:{path}: none of its {len(files)} image files decoded")
-  if cache_file:
-    _write_cache(cache_file, result)
+    result = _read_cache(cache_file)
+  if not cache_file or result is None:
+    result = _decode_folder(path, _zip_image_names(path) if is_zip else names, image_size, channels,
+                            limit_per_class)
+    if cache_file:
+      _write_cache(cache_file, result)
+  if result.skipped:
+    log.warning("skipped %d of %d files that failed to decode", result.skipped,
+                result.skipped + len(result.labels))
   return result
+
+
+def _decode_folder(path, names, image_size, channels, limit_per_class) -> Decoded:
+  files, labels, class_names = _labelled(names, f"folder:{path}")
+  if limit_per_class is not None:
+    keep = np.concatenate([np.flatnonzero(labels == c)[:limit_per_class] for c in range(len(class_names))])
+    files, labels = [files[i] for i in keep], labels[keep]
+  started = time.perf_counter()
+  images, decoded = _decode_all(path, files, image_size, channels)
+  log.info("decoded %d images from %s in %.1f s", len(files), path, time.perf_counter() - started)
+  if not decoded.any():
+    raise ValueError(f"folder:{path}: none of its {len(files)} image files decoded; are they images?")
+  return Decoded(images[decoded], labels[decoded], class_names, skipped=int(np.sum(~decoded)))
 
 
 def load_tfds(name: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
@@ -253,7 +248,13 @@ def load_tfds(name: str, *, image_size: int, channels: int, limit_per_class: Opt
   """The 'train' split of a tfds dataset (the only split cats_vs_dogs has; CIFAR-10's test split is not used)."""
   import tensorflow_datasets as tfds  # heavy: imported only when a tfds dataset is asked for
 
-  dataset, info = tfds.load(name, split="train", data_dir=data_dir, with_info=True, shuffle_files=False)
+  try:
+    dataset, info = tfds.load(name, split="train", data_dir=data_dir, with_info=True, shuffle_files=False)
+  except Exception as error:  # tfds fails in many ways (offline, missing extras, partial download): name the fix
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    raise ValueError(f"tfds could not load {name!r} from data_dir={data_dir!r} ({type(error).__name__}: {reason}); "
+                     f"prepare it there with internet access, or use 'folder:PATH' with a local copy (e.g. "
+                     f"shared/data/{'cifar10_jpeg' if name == 'cifar10' else name}/train.zip)") from error
   class_names = list(info.features["label"].names)
   images, labels = [], []
   counts = np.zeros(len(class_names), int)

@@ -40,8 +40,10 @@ def gradcam_plus_plus_weights(activations, grads):
   grads_2 = grads ** 2
   grads_3 = grads_2 * grads
   activation_sums = jnp.sum(activations, axis=(1, 2), keepdims=True)
-  alphas = grads_2 / (2 * grads_2 + activation_sums * grads_3 + _EPSILON)
-  alphas = jnp.where(grads != 0, alphas, 0)
+  denominators = 2 * grads_2 + activation_sums * grads_3
+  # Where the gradient vanishes alpha is 0/0; it multiplies relu(g) = 0 there anyway.
+  defined = (grads != 0) & (denominators != 0)
+  alphas = jnp.where(defined, grads_2 / jnp.where(defined, denominators, 1), 0)
   return jnp.sum(alphas * jax.nn.relu(grads), axis=(1, 2))
 
 

@@ -156,7 +156,8 @@ def resolve_layer(model, input_shape, layer: Optional[str], *, spatial: bool = F
 
 # Layers that only resample or pass through their input: Grad-CAM is sharper on the layer that feeds them
 # (VGG16's `block5_conv3`, not `block5_pool`), as the Keras and pytorch-grad-cam examples choose.
-_PASS_THROUGH = ("Pool", "Dropout", "GlobalAveragePool", "Flatten")
+_PASS_THROUGH = ("Pool", "Dropout")
+_COLLAPSE_SPACE = ("GlobalAveragePool", "GlobalMaxPool", "Flatten")
 
 
 def default_cam_layer(infos: Sequence[LayerInfo]) -> LayerInfo:
@@ -167,7 +168,7 @@ def default_cam_layer(infos: Sequence[LayerInfo]) -> LayerInfo:
   """
   spatial = []
   for info in infos:
-    if len(info.shape) != 4:
+    if len(info.shape) != 4 or info.kind in _COLLAPSE_SPACE:  # MobileNet's pooling keeps a 1x1 map
       break
     spatial.append(info)
   if not spatial:

@@ -7,6 +7,9 @@ activated value under its own name (Keras's `block5_conv3` is post-ReLU).
 
 Every ReLU goes through `activate`, which consults `backprop_modifier` while a function is being traced:
 guided and rectified backprop are chosen per explainer call, without rewriting any model.
+
+Below the layers is what the architectures share: option checks, the input-size check (a one-line error instead
+of an empty feature map), and the builder of Keras-Sequential-like stacks (`sequential_cnn`).
 """
 import contextlib
 import contextvars
@@ -284,6 +287,8 @@ _OPTION_CHECKS = {
     "conv_dropout": (lambda v: v is None or _is_rate(v), "use a rate in [0, 1), or None for the default"),
     "batch_norm": (lambda v: v is None or isinstance(v, bool), "use True or False"),
     "stride_on_3x3": (lambda v: isinstance(v, bool), "use True or False"),
+    "alpha": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+              "use a width multiplier > 0 such as 0.25"),
 }
 
 
@@ -412,10 +417,10 @@ def conv_stack(specs, *, names: KerasNames, train: bool, activation: str, use_ba
                         activation=None if normalized else activation, dtype=dtype,
                         name=names("conv2d", spec.name)))
       if normalized:
-        suffixed = lambda suffix: None if spec.name is None else f"{spec.name}_{suffix}"
-        stack.append(batch_norm(train, name=names("batch_normalization", suffixed("bn")), axis_name=axis_name,
+        bn_name, act_name = (None, None) if spec.name is None else (f"{spec.name}_bn", f"{spec.name}_relu")
+        stack.append(batch_norm(train, name=names("batch_normalization", bn_name), axis_name=axis_name,
                                 dtype=dtype))
-        stack.append(Activation(activation, name=names("activation", suffixed("relu"))))
+        stack.append(Activation(activation, name=names("activation", act_name)))
   return stack
 
 
@@ -448,10 +453,11 @@ def sequential_cnn(model: nn.Module, arch: str, images, train: bool, specs, hidd
   dtype = compute_dtype(model.dtype)
   inputs = model_inputs(images, dtype)
   names = KerasNames()
-  batch_norm = getattr(model, "batch_norm", None)
-  stack = conv_stack(specs, names=names, train=train, activation=model.activation,
-                     use_batch_norm=batch_norm_default if batch_norm is None else batch_norm, pooling=model.pooling,
-                     conv_dropout=getattr(model, "conv_dropout", None), axis_name=model.axis_name, dtype=dtype)
+  wants_batch_norm = getattr(model, "batch_norm", None)
+  use_batch_norm = batch_norm_default if wants_batch_norm is None else wants_batch_norm
+  stack = conv_stack(specs, names=names, train=train, activation=model.activation, use_batch_norm=use_batch_norm,
+                     pooling=model.pooling, conv_dropout=getattr(model, "conv_dropout", None),
+                     axis_name=model.axis_name, dtype=dtype)
   stack += classifier_head(model.head, hidden_units, num_classes=model.num_classes, names=names, train=train,
                            activation=model.activation, dropout_rate=model.dropout, hidden_names=hidden_names,
                            dtype=dtype)

@@ -31,6 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Data: 'cifar10', 'cats_vs_dogs' (tfds) or 'folder:PATH' (a directory or .zip, one subfolder per class).
   config.dataset = "cifar10"
   config.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default
+  config.limit_per_class = config_dict.placeholder(int)  # use only the first N images of each class
   config.validation_split = 0.1  # a fixed, stratified share of the training split
   config.preprocess = "rescale"  # rescale | mean_std | caffe | tf | torch (cnnjax.data.preprocess)
   config.mean = config_dict.placeholder(tuple)  # per channel, for preprocess='mean_std'

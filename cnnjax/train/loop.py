@@ -95,12 +95,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   """
   config_lib.validate(config)
   is_writer = jax.process_index() == 0
+  with workdir_lib.exclusive(workdir, enabled=is_writer):
+    return _train_and_evaluate(config, workdir, is_writer)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writer: bool) -> Dict:
   workdir_lib.prepare(workdir, config)
   model = create_model(config)
   check_model_input(model, config)
 
   splits = data_lib.load(config.dataset, image_size=config.image_size, channels=config.channels,
-                         validation_split=config.validation_split, seed=config.seed, data_dir=config.data_dir)
+                         validation_split=config.validation_split, seed=config.seed, data_dir=config.data_dir,
+                         limit_per_class=config.limit_per_class)
   if len(splits.class_names) != config.num_classes:
     raise ValueError(f"the dataset has {len(splits.class_names)} classes ({', '.join(splits.class_names[:10])}"
                      f"{', ...' if len(splits.class_names) > 10 else ''}) but config.num_classes="

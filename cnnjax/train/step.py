@@ -77,7 +77,7 @@ def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, 
   if axis_name is not None:
     grads = lax.pmean(grads, axis_name)
     metrics = lax.pmean(metrics, axis_name)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   if learning_rate_fn is not None:

@@ -1,4 +1,6 @@
 """What a run writes into its workdir; every file is written whole (temporary file + rename)."""
+import contextlib
+import fcntl
 import json
 import os
 from typing import Dict, List, Sequence
@@ -15,6 +17,35 @@ def write_text(workdir: str, name: str, text: str) -> str:
     f.write(text)
   os.replace(temporary, path)
   return path
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str, enabled: bool = True):
+  """Holds an exclusive lock on the workdir for the duration of a run; a second run fails at once.
+
+  Only process 0 of a (multi-host) run takes it, so the processes of one jax.distributed run share it.
+  The lock is the kernel's (flock), so it disappears with the process even after SIGKILL.
+  """
+  if not enabled:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, ".lock"), "a+") as handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      owner = handle.read().strip() or "another process"
+      raise ValueError(f"{workdir} is in use by another train.py run ({owner}); wait for it to finish "
+                       "or use another --workdir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def prepare(workdir: str, config: ml_collections.ConfigDict) -> None:
