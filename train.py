@@ -6,7 +6,7 @@ confusion_matrix.png, TensorBoard events and checkpoints/. Rerunning on the same
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots (resumed if it exists).")
@@ -19,6 +19,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    # Progress bars and one line per epoch say what matters; orbax's INFO lines would drown them.
+    logging.set_verbosity(logging.WARNING)
   import jax
   if flags.FLAGS.distributed:
     jax.distributed.initialize()

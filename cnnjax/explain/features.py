@@ -8,7 +8,7 @@ rewriting, and an imported model works as soon as it is a Linen module.
 import dataclasses
 import functools
 import re
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -178,7 +178,7 @@ def default_cam_layer(infos: Sequence[LayerInfo]) -> LayerInfo:
   return (informative or spatial)[-1]
 
 
-def _probed_apply(model, variables, images, probes: Dict[str, Any], captured: Dict[str, Any]):
+def probed_apply(model, variables, images, probes: Dict[str, Any], captured: Dict[str, Any]):
   """Applies the model, adding `probes[name]` to each named layer's output and recording that output."""
 
   def intercept(next_fun, args, kwargs, context):
@@ -206,7 +206,7 @@ def probe_gradients(model, variables, images, targets, layer: LayerInfo, modifie
   def score(probe):
     captured = {}
     with layers_lib.backprop_modifier(modifier):
-      logits = _probed_apply(model, variables, images, {layer.name: probe}, captured)
+      logits = probed_apply(model, variables, images, {layer.name: probe}, captured)
     return jnp.sum(target_logits(logits, targets)), captured[layer.name]
 
   gradients, features = jax.grad(score, has_aux=True)(probe)
@@ -216,7 +216,7 @@ def probe_gradients(model, variables, images, targets, layer: LayerInfo, modifie
 @functools.partial(jax.jit, static_argnames=("model", "names"))
 def _activations(model, variables, images, names):
   captured = {}
-  _probed_apply(unwrap_model(model), variables, images,
+  probed_apply(unwrap_model(model), variables, images,
                 {name: jnp.zeros((), images.dtype) for name in names}, captured)
   return {name: captured[name] for name in names}
 
