@@ -25,9 +25,12 @@ def main(argv):
   import jax
   if flags.FLAGS.distributed:
     jax.distributed.initialize()
-  from cnnjax.train import train_and_evaluate
+  from cnnjax.train import Interrupted, train_and_evaluate
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except Interrupted as interruption:
+    print(f"interrupted: {interruption}", file=sys.stderr)
+    sys.exit(130)
   except (ValueError, FloatingPointError) as error:
     if os.environ.get("CNNJAX_DEBUG"):
       raise

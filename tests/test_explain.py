@@ -160,9 +160,8 @@ def test_layer_names_in_forward_order_and_activations_by_name():
 
 
 def test_default_cam_layer_is_last_informative_spatial_map():
-  model, _ = _small_cnn()
+  model, variables = _small_cnn()
   images = _images(1)
-  _, variables = _small_cnn()
   default = explain.gradcam(model, variables, images, [1])
   explicit = explain.gradcam(model, variables, images, [1], layer="conv2")
   np.testing.assert_array_equal(default, explicit)

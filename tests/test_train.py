@@ -2,6 +2,8 @@
 resume, restore and config errors."""
 import functools
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -191,15 +193,21 @@ def test_same_seed_same_numbers_and_resume_after_a_crash(image_folder, tmp_path,
   assert (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1].split('"seconds"')[0] == \
       (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1].split('"seconds"')[0]
 
-  # Crash in the middle of the second epoch, then rerun on the same workdir.
+  # Crash in the middle of the second epoch, then rerun on the same workdir: the epoch is redone.
   real_batches = data_lib.batches
 
-  def crashing_batches(*args, epoch, shuffle, **kwargs):
-    for index, batch in enumerate(real_batches(*args, epoch=epoch, shuffle=shuffle, **kwargs)):
-      if shuffle and epoch == 1 and index == 2:
-        raise KeyboardInterrupt("simulated preemption")
-      yield batch
-  monkeypatch.setattr(data_lib, "batches", crashing_batches)
+  def batches_with(fault):
+    def faulty_batches(*args, epoch, shuffle, start_batch=0, **kwargs):
+      for index, batch in enumerate(real_batches(*args, epoch=epoch, shuffle=shuffle, start_batch=start_batch,
+                                                 **kwargs), start=start_batch):
+        if shuffle and epoch == 1 and index == 2:
+          fault()
+        yield batch
+    return faulty_batches
+
+  def crash():
+    raise KeyboardInterrupt("simulated preemption")
+  monkeypatch.setattr(data_lib, "batches", batches_with(crash))
   with pytest.raises(KeyboardInterrupt):
     loop.train_and_evaluate(config, str(tmp_path / "c"))
   monkeypatch.setattr(data_lib, "batches", real_batches)
@@ -207,6 +215,24 @@ def test_same_seed_same_numbers_and_resume_after_a_crash(image_folder, tmp_path,
   assert_trees_equal(reference, params_of(tmp_path / "c"))
   lines = (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+
+  # SIGTERM mid-epoch: the step finishes, a mid-epoch checkpoint is written, the run stops; the rerun
+  # continues from that batch and ends with the same params and the same per-epoch metrics.
+  signalled = {"sent": False}
+
+  def terminate():
+    if not signalled["sent"]:
+      signalled["sent"] = True
+      os.kill(os.getpid(), signal.SIGTERM)
+  monkeypatch.setattr(data_lib, "batches", batches_with(terminate))
+  with pytest.raises(loop.Interrupted, match=r"SIGTERM at step \d+ .* rerun the same command"):
+    loop.train_and_evaluate(config, str(tmp_path / "d"))
+  monkeypatch.setattr(data_lib, "batches", real_batches)
+  loop.train_and_evaluate(config, str(tmp_path / "d"))
+  assert_trees_equal(reference, params_of(tmp_path / "d"))
+  strip_seconds = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                                for line in path.read_text().splitlines()]
+  assert strip_seconds(tmp_path / "d" / "metrics.jsonl") == strip_seconds(tmp_path / "a" / "metrics.jsonl")
 
 
 def test_larger_num_epochs_continues_and_other_changes_are_refused(image_folder, tmp_path):

@@ -12,8 +12,8 @@ from cnnjax.train import optim
 EARLY_STOPPING_MONITORS = ("val_loss", "val_accuracy")
 AUGMENT_FIELDS = ("horizontal_flip", "rotation", "width_shift", "height_shift", "shear", "zoom")
 # Fields a rerun may change on an existing workdir: a larger num_epochs continues a finished run
-# (Keras's initial_epoch); eval batch size and where tfds keeps its files change no numbers.
-RESUMABLE_CHANGES = ("num_epochs", "eval_batch_size", "data_dir")
+# (Keras's initial_epoch); the others change no numbers.
+RESUMABLE_CHANGES = ("num_epochs", "eval_batch_size", "data_dir", "keep_checkpoints", "checkpoint_every_steps")
 # Added by the training loop to the saved config; not user settings.
 DERIVED_FIELDS = ("class_names",)
 
@@ -59,7 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Early stopping on a validation metric; patience 0 = off. The best weights are what restore() returns.
   config.early_stopping = ml_collections.ConfigDict(dict(monitor="val_loss", patience=0))
-  config.keep_checkpoints = 2  # latest N epochs, besides the best
+  config.keep_checkpoints = 2  # latest N checkpoints, besides the best
+  config.checkpoint_every_steps = 0  # also save mid-epoch every N steps (0: at the end of each epoch only)
   config.nonfinite = "stop"  # a NaN/inf loss: 'stop' with the step number, or 'skip' the update
   config.seed = 0
   return config

@@ -3,6 +3,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -137,11 +139,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
 
   checkpoints = checkpoint_lib.Checkpoints(workdir, config.keep_checkpoints)
   history: List[Dict] = []
+  partial = None  # where an interrupted epoch stopped: {'epoch', 'batch', 'sums', 'count', 'seconds'}
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state, record = restored
-    history = record["history"]
-    print(f"resuming {workdir} after epoch {len(history)} (step {int(state.step)})")
+    history, partial = record["history"], record.get("partial")
+    where = f"epoch {partial['epoch'] + 1}, batch {partial['batch']}" if partial else f"epoch {len(history)}"
+    print(f"resuming {workdir} at {where} (step {int(state.step)})")
 
   train_step = jax.jit(
       functools.partial(step_lib.train_step, model=model, num_classes=config.num_classes,
@@ -154,43 +158,53 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
       in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
-  if not history:
+  if not history and partial is None:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
   monitor = config.early_stopping.monitor
-  validation = splits.validation
-  for epoch in range(len(history), config.num_epochs):
-    best, since_best = _best_value(history, monitor)
-    if config.early_stopping.patience and history and since_best >= config.early_stopping.patience:
-      print(f"early stopping: {monitor} has not improved for {since_best} epochs (best {best:.4f})")
-      break
-    started = time.time()
-    train_metrics = _train_epoch(train_step, state, splits.train, config, epoch, steps_per_epoch, batch_sharding,
-                                 is_writer)
-    state, train_means = train_metrics
-    record = {"epoch": epoch, "step": int(state.step), "learning_rate": float(schedule(int(state.step) - 1)),
-              "train_loss": train_means["loss"], "train_accuracy": train_means["accuracy"]}
-    if validation is not None and len(validation):
-      val = evaluation.evaluate(eval_step, state.variables, validation, config.eval_batch_size, batch_sharding)
-      record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-    record["seconds"] = time.time() - started
-    history.append(record)
-    is_best = validation is None or _is_better(monitor, record.get(monitor, math.nan), best)
-    checkpoints.save(state, {"history": history}, is_best=is_best)
-    if is_writer:
-      workdir_lib.write_history(workdir, history)
-      writer.write_scalars(int(state.step), {k: v for k, v in record.items() if k not in ("epoch", "step")})
-      writer.flush()
-    print(_epoch_line(record, config.num_epochs))
+  validation = splits.validation if splits.validation is not None and len(splits.validation) else None
+  with _StopRequests() as stop:
+    for epoch in range(len(history), config.num_epochs):
+      best, since_best = _best_value(history, monitor)
+      if config.early_stopping.patience and history and since_best >= config.early_stopping.patience:
+        print(f"early stopping: {monitor} has not improved for {since_best} epochs (best {best:.4f})")
+        break
+      resume = partial if partial and partial["epoch"] == epoch else None
+      partial = None
+
+      def save_partial(state, batch_index, running, seconds, epoch=epoch):
+        checkpoints.save(state, {"history": history, "partial": {
+            "epoch": epoch, "batch": batch_index, "sums": running.sums, "count": running.count,
+            "seconds": seconds}}, is_best=False)
+
+      epoch_run = _EpochRun(train_step, splits.train, config, epoch, steps_per_epoch, batch_sharding, is_writer,
+                            resume, stop, save_partial)
+      state, train_means, seconds = epoch_run.run(state)
+      started = time.time() - seconds
+      record = {"epoch": epoch, "step": int(state.step), "learning_rate": float(schedule(int(state.step) - 1)),
+                "train_loss": train_means["loss"], "train_accuracy": train_means["accuracy"]}
+      if validation is not None:
+        val = evaluation.evaluate(eval_step, state.variables, validation, config.eval_batch_size, batch_sharding)
+        record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+      record["seconds"] = time.time() - started
+      history.append(record)
+      is_best = validation is None or _is_better(monitor, record.get(monitor, math.nan), best)
+      checkpoints.save(state, {"history": history}, is_best=is_best)
+      if is_writer:
+        workdir_lib.write_history(workdir, history)
+        writer.write_scalars(int(state.step), {k: v for k, v in record.items() if k not in ("epoch", "step")})
+        writer.flush()
+      print(_epoch_line(record, config.num_epochs))
+      stop.raise_if_requested(int(state.step))
 
   best_restored = checkpoints.restore_best(state) or checkpoints.restore_latest(state)
   checkpoints.close()
   writer.close()
   final_state = best_restored[0] if best_restored else state
-  eval_split = validation if validation is not None and len(validation) else splits.train
+  eval_split = validation if validation is not None else splits.train
   results = evaluation.evaluate(eval_step, final_state.variables, eval_split, config.eval_batch_size,
                                 batch_sharding, class_names=splits.class_names)
-  results["split"] = "validation" if eval_split is validation else "train (no validation split)"
-  results["epoch"] = (best_restored[1]["history"][-1]["epoch"] if best_restored else None)
+  results["split"] = "validation" if validation is not None else "train (no validation split)"
+  results["epoch"] = best_restored[1]["history"][-1]["epoch"] if best_restored else None
   if is_writer:
     workdir_lib.write_outputs(workdir, history, results, splits.class_names)
   print(f"eval ({results['split']}, weights of epoch {results['epoch']}): loss {results['loss']:.4f}, "
@@ -198,38 +212,91 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
   return results
 
 
-def _train_epoch(train_step, state, images: data_lib.ImageSet, config, epoch: int, steps: int,
-                 batch_sharding, show_progress: bool):
-  """Runs one epoch; metrics are fetched one step late so the host never stalls the device."""
-  running = _RunningMean()
-  batches = data_lib.batches(images, batch_size=config.batch_size, seed=config.seed, epoch=epoch, shuffle=True,
-                             process_index=jax.process_index(), process_count=jax.process_count())
-  progress = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=not show_progress,
-                  leave=False, dynamic_ncols=True)
-  pending = None
-  for _, batch in zip(range(steps), batches):
-    step_number = int(state.step) if pending is None else pending[0] + 1
-    state, metrics = train_step(state, sharding.global_batch(batch, batch_sharding))
+class Interrupted(Exception):
+  """SIGTERM or Ctrl-C: the run stopped after a step and saved a checkpoint to resume from."""
+
+
+class _StopRequests:
+  """Turns SIGTERM / SIGINT into a request the loop honours after the current step; a second one aborts."""
+
+  def __init__(self):
+    self.requested = None
+
+  def __enter__(self):
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested is not None:
+      raise KeyboardInterrupt("second stop request: abandoning the run without a new checkpoint")
+    self.requested = signal.Signals(signum).name
+    print(f"\n{self.requested} received: finishing the current step and saving a checkpoint", flush=True)
+
+  def raise_if_requested(self, step: int):
+    if self.requested is not None:
+      raise Interrupted(f"stopped by {self.requested} at step {step} with a checkpoint saved; rerun the same "
+                        "command to resume")
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    return False
+
+
+class _EpochRun:
+  """One training epoch (or what is left of it); metrics are fetched one step late so the host never stalls
+  the device, and a checkpoint is saved mid-epoch every `config.checkpoint_every_steps` or on a stop request."""
+
+  def __init__(self, train_step, images: data_lib.ImageSet, config, epoch: int, steps: int, batch_sharding,
+               show_progress: bool, resume: Optional[Dict], stop: _StopRequests, save_partial):
+    self.train_step, self.images, self.config, self.epoch, self.steps = train_step, images, config, epoch, steps
+    self.batch_sharding, self.stop, self.save_partial = batch_sharding, stop, save_partial
+    self.running = _RunningMean()
+    self.start_batch, self.seconds_before = 0, 0.0
+    if resume:
+      self.start_batch, self.seconds_before = resume["batch"], resume["seconds"]
+      self.running.sums, self.running.count = dict(resume["sums"]), resume["count"]
+    self.progress = tqdm(total=steps, initial=self.start_batch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
+                         disable=not show_progress, leave=False, dynamic_ncols=True)
+
+  def run(self, state):
+    started = time.time()
+    batches = data_lib.batches(self.images, batch_size=self.config.batch_size, seed=self.config.seed,
+                               epoch=self.epoch, shuffle=True, start_batch=self.start_batch,
+                               process_index=jax.process_index(), process_count=jax.process_count())
+    every = self.config.checkpoint_every_steps
+    pending = None
+    step_number = int(state.step)
+    for batch_index, batch in zip(range(self.start_batch, self.steps), batches):
+      state, metrics = self.train_step(state, sharding.global_batch(batch, self.batch_sharding))
+      if pending is not None:
+        self._record(*pending)
+      pending = (step_number, metrics)
+      step_number += 1
+      done = batch_index + 1
+      if done < self.steps and (self.stop.requested or (every and step_number % every == 0)):
+        self._record(*pending)
+        pending = None
+        self.save_partial(state, done, self.running, self.seconds_before + time.time() - started)
+        self.stop.raise_if_requested(step_number)
     if pending is not None:
-      _record(pending, running, progress, config)
-    pending = (step_number, metrics)
-  if pending is not None:
-    _record(pending, running, progress, config)
-  progress.close()
-  return state, running.means()
+      self._record(*pending)
+    self.progress.close()
+    return state, self.running.means(), self.seconds_before + time.time() - started
 
-
-def _record(pending, running: _RunningMean, progress, config) -> None:
-  step_number, metrics = pending
-  metrics = jax.device_get(metrics)
-  if config.nonfinite == "stop":
-    _check_finite(metrics, step_number)
-  if math.isfinite(float(metrics["loss"])):
-    running.add({"loss": metrics["loss"], "accuracy": metrics["accuracy"]})
-  progress.update(1)
-  means = running.means()
-  if means:
-    progress.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.4f}", refresh=False)
+  def _record(self, step_number: int, metrics) -> None:
+    metrics = jax.device_get(metrics)
+    if self.config.nonfinite == "stop":
+      _check_finite(metrics, step_number)
+    if math.isfinite(float(metrics["loss"])):
+      self.running.add({"loss": metrics["loss"], "accuracy": metrics["accuracy"]})
+    self.progress.update(1)
+    means = self.running.means()
+    if means:
+      self.progress.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.4f}", refresh=False)
 
 
 def _epoch_line(record: Dict, num_epochs: int) -> str:
