@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
 
 from cnnjax import data as data_lib
 from cnnjax import models
@@ -39,20 +38,6 @@ def tiny_config(image_folder, **overrides):
   for key, value in overrides.items():
     config[key] = value
   return config
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-  """Three classes a CNN can tell apart: red, green and blue dominated noise images."""
-  root = tmp_path_factory.mktemp("folder")
-  rng = np.random.default_rng(0)
-  for label, name in enumerate(["blue", "green", "red"]):
-    (root / name).mkdir()
-    for index in range(16):
-      pixels = rng.integers(0, 120, size=(20, 20, 3))
-      pixels[..., 2 - label] += 120
-      Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{index}.png")
-  return root
 
 
 # --- schedules -------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 
 from cnnjax.explain import features, gradients
 
-_EPSILON = 1e-7  # below this a map's maximum counts as zero: the map stays all-zero rather than NaN
+# A map whose maximum is below the smallest normal float32 stays all-zero rather than NaN. The guard is not
+# larger because untrained or badly scaled models legitimately give maps of order 1e-12.
+_EPSILON = float(jnp.finfo(jnp.float32).tiny)
 
 
 def normalize_maps(maps):

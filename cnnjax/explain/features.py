@@ -179,13 +179,15 @@ def default_cam_layer(infos: Sequence[LayerInfo]) -> LayerInfo:
 
 
 def probed_apply(model, variables, images, probes: Dict[str, Any], captured: Dict[str, Any]):
-  """Applies the model, adding `probes[name]` to each named layer's output and recording that output."""
+  """Applies the model, recording each named layer's output in `captured` (its first call's, if shared),
+  after adding `probes[name]` to it unless that is None."""
 
   def intercept(next_fun, args, kwargs, context):
     outputs = next_fun(*args, **kwargs)
     name = _module_name(context)
     if context.method_name == "__call__" and name in probes and name not in captured:
-      outputs = outputs + probes[name].astype(outputs.dtype)
+      if probes[name] is not None:
+        outputs = outputs + probes[name].astype(outputs.dtype)
       captured[name] = outputs
     return outputs
 
@@ -216,8 +218,7 @@ def probe_gradients(model, variables, images, targets, layer: LayerInfo, modifie
 @functools.partial(jax.jit, static_argnames=("model", "names"))
 def _activations(model, variables, images, names):
   captured = {}
-  probed_apply(unwrap_model(model), variables, images,
-                {name: jnp.zeros((), images.dtype) for name in names}, captured)
+  probed_apply(unwrap_model(model), variables, images, dict.fromkeys(names), captured)
   return {name: captured[name] for name in names}
 
 

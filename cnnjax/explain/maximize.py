@@ -41,7 +41,7 @@ def _unit_values(model, variables, images, layer):
   if layer is None:
     return features.apply_logits(model, variables, images).astype(jnp.float32)
   captured = {}
-  features.probed_apply(model, variables, images, {layer.name: jnp.zeros((), images.dtype)}, captured)
+  features.probed_apply(model, variables, images, {layer.name: None}, captured)
   outputs = captured[layer.name].astype(jnp.float32)
   return jnp.mean(outputs, axis=tuple(range(1, outputs.ndim - 1)))
 

@@ -8,20 +8,38 @@ layer that does not fit.
 from typing import Dict, Iterable, Tuple
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cnnjax.models import layers
 
 Key = Tuple[str, str, str]  # (collection, layer, param)
 
 
 def expected_shapes(model, image_shape: Tuple[int, int, int]) -> Dict[Key, tuple]:
-  """The shape of every variable of `model` for `image_shape` inputs, in the model's layer order (no compute)."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
-  layer_order = {layer: index for index, layer in enumerate(abstract.get("params", {}))}
+  """The shape of every variable of `model` for `image_shape` inputs, in the order the layers run (no compute)."""
+  order = []
+
+  def record_layer(call, args, kwargs, context):
+    if context.method_name == "__call__" and len(context.module.path) == 1 and context.module.name not in order:
+      order.append(context.module.name)
+    return call(*args, **kwargs)
+
+  with nn.intercept_methods(record_layer):  # pytrees sort dict keys: the run order is only seen while tracing
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract))
-  keys = sorted(flat, key=lambda key: (layer_order.get(key[1], len(layer_order)), key[0] != "params"))
+  rank = {layer: index for index, layer in enumerate(order)}
+  keys = sorted(flat, key=lambda key: (rank.get(key[1], len(rank)), key[0] != "params"))
   return {key: tuple(flat[key].shape) for key in keys}
+
+
+def fresh_variable(key: Key, shape: tuple, rng) -> jnp.ndarray:
+  """A newly initialised variable as cnnjax's layers initialise it (Glorot-uniform kernels, BN identity)."""
+  if key[2] in ("kernel", "depthwise_kernel"):
+    return layers.default_kernel_init(rng, shape, jnp.float32)
+  return (jnp.ones if key[2] in ("scale", "var") else jnp.zeros)(shape, jnp.float32)
 
 
 def _describe(key: Key) -> str:
@@ -31,7 +49,7 @@ def _describe(key: Key) -> str:
 
 def assemble(model, image_shape: Tuple[int, int, int], tensors: Dict[Key, np.ndarray], *, source: str,
              arch: str, fresh_layers: Iterable[str] = (), seed: int = 0) -> dict:
-  """Variables for `model` from `tensors`; layers in `fresh_layers` (a new head) may be absent and are initialised.
+  """Variables for `model` from `tensors`; `fresh_layers` (a new head) may be absent: initialised from `seed`.
 
   Raises a one-line ValueError at the first layer whose tensor is missing or has another shape, or for a tensor
   the model has no place for.
@@ -54,10 +72,8 @@ def assemble(model, image_shape: Tuple[int, int, int], tensors: Dict[Key, np.nda
     raise ValueError(f"{source}: the file has weights for {_describe(extra[0])} that {arch} does not have "
                      f"({len(extra)} unused tensors); the file holds another architecture (check arch=)")
   flat = {key: jnp.asarray(tensors[key], jnp.float32) for key in expected if key in tensors}
-  if fresh:
-    initial = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape)), train=False)
-    initial = flax.traverse_util.flatten_dict(flax.core.unfreeze(initial))
-    flat.update({key: initial[key] for key in fresh})
+  for key, rng in zip(fresh, jax.random.split(jax.random.PRNGKey(seed), max(len(fresh), 1))):
+    flat[key] = fresh_variable(key, expected[key], rng)
   return flax.traverse_util.unflatten_dict(flat)
 
 

@@ -29,6 +29,7 @@ def preprocess(images, mode: str):
 
 def preprocessing_for(source: str) -> str:
   """The `preprocess` mode for a weight file path, or a source key such as 'keras:mobilenet' or 'torch:resnet'."""
+  source = str(source)
   if source not in MODES:
     if not os.path.exists(source):
       raise ValueError(f"unknown weight source {source!r}: give a weight file or one of {', '.join(MODES)}")

@@ -8,6 +8,7 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 def file_format(path: str) -> str:
   """'keras_model' (model.save), 'keras_weights' (keras.applications / save_weights) or 'torch'."""
+  path = str(path)
   if not Path(path).is_file():
     raise ValueError(f"no weight file at {path}")
   if path.endswith(".npz") or path.endswith(torch_weights.TORCH_SUFFIXES):
@@ -28,6 +29,7 @@ def file_format(path: str) -> str:
 
 def source_of(path: str) -> str:
   """'keras:<arch>', 'keras:model' or 'torch:<family>' (keys of `preprocessing.MODES`)."""
+  path = str(path)
   kind = file_format(path)
   if kind == "keras_model":
     return "keras:model"

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
-from clu import metric_writers
 from tqdm import tqdm
 
 from cnnjax import data as data_lib
@@ -157,6 +156,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
                         preprocess=preprocess_settings(config)),
       in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
+  from clu import metric_writers  # imports TensorFlow (seconds): only runs that train need it
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
   if not history and partial is None:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})

@@ -1,0 +1,177 @@
+"""What explain.py does, as functions: load a run and photos, pick targets, run the explainers, write PNGs."""
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from cnnjax import data as data_lib
+from cnnjax import explain, viz
+from cnnjax.data import sources
+
+# Method name on the command line -> (explainer, its keyword arguments).
+GRADIENT_METHODS = {
+    "saliency": (explain.saliency, {}),
+    "guided": (explain.saliency, {"modifier": "guided"}),
+    "relu": (explain.saliency, {"modifier": "relu"}),
+    "smoothgrad": (explain.smoothgrad, {}),
+    "integrated_gradients": (explain.integrated_gradients, {}),
+}
+CAM_METHODS = {
+    "gradcam": explain.gradcam,
+    "gradcam++": explain.gradcam_plus_plus,
+    "guided_gradcam": explain.guided_gradcam,
+}
+OTHER_METHODS = ("activations", "maximize", "deletion")
+METHODS = tuple(GRADIENT_METHODS) + tuple(CAM_METHODS) + OTHER_METHODS
+
+
+def parse_methods(text: str) -> List[str]:
+  methods = [name.strip() for name in text.split(",") if name.strip()]
+  unknown = [name for name in methods if name not in METHODS]
+  if unknown or not methods:
+    raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+  return methods
+
+
+def load_images(paths: Sequence[str], image_size: int, channels: int) -> np.ndarray:
+  """uint8 (N, S, S, C) from image files, resized as the training data was."""
+  if not paths:
+    raise ValueError("no images given; pass --images a.jpg b.png ...")
+  arrays = []
+  for path in paths:
+    if not os.path.isfile(path):
+      raise ValueError(f"image {path!r} does not exist")
+    try:
+      with Image.open(path) as image:
+        image.load()
+        arrays.append(sources.to_array(image, image_size, channels))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+      raise ValueError(f"cannot decode {path!r} as an image ({error})") from None
+  return np.stack(arrays)
+
+
+def resolve_target(target: str, logits: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+  """'top1' (each image's prediction), a class index, or a class name (or its first comma-separated part)."""
+  if target == "top1":
+    return np.argmax(logits, axis=-1).astype(np.int32)
+  if target.lstrip("-").isdigit():
+    index = int(target)
+    if not 0 <= index < len(class_names):
+      raise ValueError(f"target {index} is out of range: the model has {len(class_names)} classes (0..."
+                       f"{len(class_names) - 1})")
+  else:
+    wanted = target.strip().lower()
+    matches = [i for i, name in enumerate(class_names)
+               if wanted in (name.lower(), name.split(",")[0].strip().lower())]
+    if not matches:
+      shown = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
+      raise ValueError(f"unknown target class {target!r}; use top1, an index, or one of: {shown}")
+    index = matches[0]
+  return np.full(len(logits), index, np.int32)
+
+
+def top_predictions(logits: np.ndarray, class_names: Sequence[str], k: int = 5) -> List[List[Tuple[str, float]]]:
+  probabilities = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
+  order = np.argsort(-probabilities, axis=-1)[:, :k]
+  return [[(class_names[i], float(row[i])) for i in indices] for row, indices in zip(probabilities, order)]
+
+
+def explanation_maps(model, variables, inputs, targets, methods: Sequence[str],
+                     layer: Optional[str]) -> Dict[str, np.ndarray]:
+  """Every requested map for the whole batch, each method one jitted batched call."""
+  maps = {}
+  for name in methods:
+    if name in GRADIENT_METHODS:
+      function, options = GRADIENT_METHODS[name]
+      maps[name] = function(model, variables, inputs, targets, **options)
+    elif name in CAM_METHODS:
+      maps[name] = CAM_METHODS[name](model, variables, inputs, targets, layer=layer)
+  return {name: np.asarray(value) for name, value in maps.items()}
+
+
+def run(model, variables, class_names: Sequence[str], preprocess: Dict, image_paths: Sequence[str],
+        image_size: int, channels: int, methods: Sequence[str], target: str, layer: Optional[str],
+        out_dir: str, print_fn=print) -> Dict:
+  """Explains every image for `target` with `methods`; writes figures into out_dir and returns a summary."""
+  os.makedirs(out_dir, exist_ok=True)
+  images = load_images(image_paths, image_size, channels)
+  inputs = data_lib.preprocess(jnp.asarray(images, jnp.float32), **preprocess)
+  logits = np.asarray(model.apply(variables, inputs, train=False))
+  if logits.shape[-1] != len(class_names):
+    raise ValueError(f"the model has {logits.shape[-1]} outputs but {len(class_names)} class names were given")
+  targets = resolve_target(target, logits, class_names)
+  predictions = top_predictions(logits, class_names)
+  summary = {"images": {}, "files": []}
+  for path, top in zip(image_paths, predictions):
+    print_fn(f"{path}: " + ", ".join(f"{name} {probability:.3f}" for name, probability in top))
+    summary["images"][path] = {"top5": top}
+
+  maps = explanation_maps(model, variables, inputs, jnp.asarray(targets), methods, layer)
+  for index, path in enumerate(image_paths):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    summary["images"][path]["target"] = class_names[targets[index]]
+    if maps:
+      title = f"predicted: {predictions[index][0][0]} ({predictions[index][0][1]:.2f}) | " \
+              f"target: {class_names[targets[index]]}"
+      figure_path = os.path.join(out_dir, f"{stem}_explanations.png")
+      viz.explanation_figure(images[index], {name: value[index] for name, value in maps.items()}, title,
+                             path=figure_path)
+      summary["files"].append(figure_path)
+
+  if "activations" in methods:
+    summary["files"] += _write_activations(model, variables, inputs, image_paths, layer, out_dir)
+  if "maximize" in methods:
+    summary["files"] += _write_maximized(model, variables, targets, class_names, inputs.shape[1:], out_dir)
+  if "deletion" in methods:
+    summary["deletion"] = _deletion_scores(model, variables, inputs, targets, maps, image_paths, out_dir)
+    summary["files"].append(os.path.join(out_dir, "deletion.json"))
+  for file in summary["files"]:
+    print_fn(f"wrote {file}")
+  return summary
+
+
+def _write_activations(model, variables, inputs, image_paths, layer, out_dir) -> List[str]:
+  if layer is None:
+    raise ValueError("--methods activations needs --layer NAME (see cnnjax.explain.layer_names)")
+  values = np.asarray(explain.activations(model, variables, inputs, [layer])[layer])
+  if values.ndim != 4:
+    raise ValueError(f"layer {layer!r} has output shape {values.shape[1:]}, not a feature map; pick a conv layer")
+  files = []
+  for index, path in enumerate(image_paths):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    file = os.path.join(out_dir, f"{stem}_{layer}_activations.png")
+    viz.activation_grid(values[index], path=file, title=f"{layer} on {os.path.basename(path)}")
+    files.append(file)
+  return files
+
+
+def _write_maximized(model, variables, targets, class_names, input_shape, out_dir) -> List[str]:
+  classes = sorted(set(int(t) for t in targets))
+  generated = np.asarray(explain.maximize_activation(model, variables, classes, input_shape=input_shape))
+  files = []
+  for image, index in zip(generated, classes):
+    name = class_names[index].split(",")[0].strip().replace(" ", "_").replace("/", "_")
+    file = os.path.join(out_dir, f"maximize_{index}_{name}.png")
+    # Generated inputs live in the model's (preprocessed) input space: stretch each to the full 0..255 range.
+    scaled = (image - image.min()) / max(float(image.max() - image.min()), 1e-12)
+    Image.fromarray(np.uint8(np.round(scaled.squeeze(-1) if image.shape[-1] == 1 else scaled) * 255)).save(file)
+    files.append(file)
+  return files
+
+
+def _deletion_scores(model, variables, inputs, targets, maps, image_paths, out_dir) -> Dict:
+  if not maps:
+    raise ValueError("--methods deletion scores other maps: add e.g. saliency,gradcam to --methods")
+  scores = {}
+  for name, value in maps.items():
+    result = explain.deletion_insertion(model, variables, inputs, jnp.asarray(targets), value)
+    scores[name] = {path: {"deletion_auc": float(d), "insertion_auc": float(i)}
+                    for path, d, i in zip(image_paths, np.asarray(result["deletion"]),
+                                          np.asarray(result["insertion"]))}
+  with open(os.path.join(out_dir, "deletion.json"), "w") as f:
+    json.dump(scores, f, indent=2)
+  return scores

@@ -1,0 +1,75 @@
+"""explain.py end to end on a run trained by train.py in the test."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnnjax.explain import report
+from cnnjax.train import loop
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained_run(image_folder, tmp_path_factory):
+  from cnnjax.train import config as config_lib, loop
+  config = config_lib.default_config()
+  config.update(dataset=f"folder:{image_folder}", num_classes=3, image_size=16, batch_size=8, eval_batch_size=8,
+                num_epochs=2)
+  workdir = tmp_path_factory.mktemp("run") / "simple_cnn"
+  loop.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def explain(*args):
+  return subprocess.run([sys.executable, "explain.py", *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_explain_py_writes_figures_activations_and_deletion_scores(trained_run, image_folder, tmp_path):
+  images = [str(image_folder / "red" / "0.png"), str(image_folder / "blue" / "1.png")]
+  out = tmp_path / "out"
+  done = explain("--workdir", str(trained_run), "--images", ",".join(images), "--out", str(out),
+                 "--methods", "saliency,guided,relu,gradcam,guided_gradcam,deletion")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "0.png: " in done.stdout and any(name in done.stdout for name in ("red", "blue", "green"))
+  for stem in ("0", "1"):
+    assert (out / f"{stem}_explanations.png").stat().st_size > 1000
+  scores = json.loads((out / "deletion.json").read_text())
+  assert set(scores) == {"saliency", "guided", "relu", "gradcam", "guided_gradcam"}
+  for per_image in scores.values():
+    for auc in per_image.values():
+      assert 0.0 <= auc["deletion_auc"] <= 1.0 and 0.0 <= auc["insertion_auc"] <= 1.0
+
+  # The rest in-process: the same code path explain.py calls, without another interpreter start.
+  model, variables, config = loop.restore(str(trained_run))
+  report.run(model, variables, config.class_names, loop.preprocess_settings(config), images[:1], 16, 3,
+             ["activations", "maximize"], "green", "conv2d_1", str(out), print_fn=lambda line: None)
+  assert (out / "0_conv2d_1_activations.png").is_file()
+  assert (out / "maximize_1_green.png").is_file()
+
+
+@pytest.mark.parametrize("methods, target, layer, message", [
+    ("saliency,sharpness", "top1", None, "unknown method(s) sharpness"),
+    ("saliency", "zebra", None, "unknown target class 'zebra'"),
+    ("saliency", "7", None, "target 7 is out of range"),
+    ("gradcam", "top1", "block9_conv9", "block9_conv9"),
+    ("activations", "top1", None, "needs --layer"),
+])
+def test_bad_input_is_one_line(trained_run, image_folder, tmp_path, methods, target, layer, message):
+  model, variables, config = loop.restore(str(trained_run))
+  with pytest.raises(ValueError) as error:
+    report.run(model, variables, config.class_names, loop.preprocess_settings(config),
+               [str(image_folder / "red" / "0.png")], 16, 3, report.parse_methods(methods), target, layer,
+               str(tmp_path), print_fn=lambda line: None)
+  assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_explain_py_reports_bad_input_in_one_line(trained_run, tmp_path):
+  done = explain("--workdir", str(trained_run), "--images", str(tmp_path / "nope.jpg"))
+  assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("error:")
+  assert "does not exist" in done.stderr.strip().splitlines()[-1]
+  with pytest.raises(ValueError, match="not a train.py workdir"):
+    loop.restore(str(tmp_path))
