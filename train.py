@@ -2,6 +2,7 @@
 
 Outputs in the workdir: config.json, summary.txt, metrics.jsonl, loss.png, accuracy.png, eval.json,
 confusion_matrix.png, TensorBoard events and checkpoints/. Rerunning on the same workdir resumes the run.
+With --config.lr_find=True it runs the LR range test instead (lr_find.png, lr_find.json; no checkpoints).
 """
 import os
 import sys
@@ -10,8 +11,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots (resumed if it exists).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host; reads the "
-                  "coordinator address and process ids from the cluster environment).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host). Without the "
+                  "three flags below it detects them from the cluster (Cloud TPU, SLURM, ...).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed by hand.")
+flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed by hand.")
+flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes), for --distributed by hand.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -24,10 +28,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import jax
   if flags.FLAGS.distributed:
-    jax.distributed.initialize()
-  from cnnjax.train import Interrupted, train_and_evaluate
+    jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                               flags.FLAGS.process_id)
+  from cnnjax.train import Interrupted, lr_find, train_and_evaluate
   try:
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    if flags.FLAGS.config.lr_find:
+      lr_find(flags.FLAGS.config, flags.FLAGS.workdir)
+    else:
+      train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   except Interrupted as interruption:
     print(f"interrupted: {interruption}", file=sys.stderr)
     sys.exit(130)

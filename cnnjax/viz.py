@@ -136,16 +136,23 @@ def overlay(image, heatmap, alpha: float = 0.5, cmap: str = "jet", path: Optiona
 
 def _grid(tiles, cols: int, titles=None, cmap="viridis", size: float = 1.2, suptitle=None):
   rows = math.ceil(len(tiles) / cols)
-  figure, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
+  figure = plt.figure(figsize=(cols * size, rows * size))
+  _draw_tiles(figure, tiles, cols, titles, cmap)
+  if suptitle:
+    figure.suptitle(suptitle)
+  return figure
+
+
+def _draw_tiles(figure, tiles, cols: int, titles=None, cmap="viridis"):
+  """Tiles in a rows x cols grid of axes on `figure` (a Figure or a SubFigure of a larger one)."""
+  rows = math.ceil(len(tiles) / cols)
+  axes = figure.subplots(rows, cols, squeeze=False)
   for index, axis in enumerate(axes.flat):
     axis.axis("off")
     if index < len(tiles):
       axis.imshow(tiles[index], cmap=cmap, interpolation="nearest")
       if titles is not None:
         axis.set_title(titles[index], fontsize=7)
-  if suptitle:
-    figure.suptitle(suptitle)
-  return figure
 
 
 def activation_grid(activations, cols: int = 8, path: Optional[PathLike] = None, title: Optional[str] = None,
@@ -171,13 +178,17 @@ def filter_grid(kernel, cols: int = 8, path: Optional[PathLike] = None, title: O
   if kernel.ndim != 4:
     raise ValueError(f"kernel must be (H, W, in, out) as in variables['params'][layer]['kernel']; got shape "
                      f"{kernel.shape}")
-  count = min(kernel.shape[-1], max_filters)
+  tiles = _filter_tiles(kernel, max_filters)
+  figure = _grid(tiles, min(cols, len(tiles)), cmap="gray", suptitle=title)
+  return _finish(figure, path)
+
+
+def _filter_tiles(kernel, max_filters: int):
   tiles = []
-  for index in range(count):
+  for index in range(min(kernel.shape[-1], max_filters)):
     weights = kernel[..., index]
     tiles.append(_to_display(weights if weights.shape[-1] == 3 else weights.mean(axis=-1)))
-  figure = _grid(tiles, min(cols, count), cmap="gray", suptitle=title)
-  return _finish(figure, path)
+  return tiles
 
 
 EXPLANATION_PANELS = ("saliency", "guided", "relu", "gradcam", "guided_gradcam")
@@ -225,3 +236,147 @@ def explanation_figure(image, maps: Mapping[str, object], title: str = "",
   if title:
     figure.suptitle(title)
   return _finish(figure, path)
+
+
+def lr_find_figure(lrs, losses, suggestion: float, path: Optional[PathLike] = None, raw_losses=None):
+  """The LR range test: (smoothed) loss against learning rate on a log axis, the suggested rate marked.
+
+  `raw_losses`, when given, are the per-batch losses drawn faintly behind the smoothed curve.
+  """
+  lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
+  if lrs.ndim != 1 or lrs.shape != losses.shape or not len(lrs):
+    raise ValueError(f"lrs and losses must be equally long non-empty 1-D sequences; got shapes {lrs.shape} "
+                     f"and {losses.shape}")
+  if np.any(lrs <= 0):
+    raise ValueError("learning rates must be positive for the log-scale axis")
+  figure, axes = plt.subplots(figsize=(6, 4))
+  if raw_losses is not None:
+    axes.plot(lrs, np.asarray(raw_losses, np.float64), alpha=0.3, linewidth=0.8, label="loss per batch")
+  axes.plot(lrs, losses, label="smoothed loss")
+  axes.axvline(suggestion, color="red", linestyle="--", label=f"suggested lr {suggestion:.2g}")
+  axes.set_xscale("log")
+  # The per-batch loss explodes at the end of the sweep; frame the smoothed curve, which is what matters.
+  low, high = float(np.min(losses)), float(np.max(losses))
+  margin = 0.1 * (high - low) or 0.1 * abs(high) or 0.1
+  axes.set_ylim(low - margin, high + margin)
+  axes.set_xlabel("learning rate (log scale)")
+  axes.set_ylabel("training loss")
+  axes.set_title("LR range test")
+  axes.grid(alpha=0.3, which="both")
+  axes.legend()
+  return _finish(figure, path)
+
+
+# Sobel kernels as a CNN applies them: cross-correlation (no flip), so SOBEL_X is +1 on the right and
+# responds positively where intensity rises from left to right (a vertical edge).
+SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
+SOBEL_Y = SOBEL_X.T.copy()
+
+
+def sobel(gray):
+  """(dx, dy, magnitude) of an (H, W) grayscale image, each (H, W): the two Sobel kernels as one
+  `jax.lax.conv_general_dilated` (a 2-output-channel convolution, 'SAME' zero padding), and sqrt(dx² + dy²)."""
+  import jax
+  import jax.numpy as jnp
+  gray = np.asarray(gray, np.float32)
+  if gray.ndim != 2:
+    raise ValueError(f"sobel needs one grayscale (H, W) image; got shape {gray.shape}")
+  kernels = jnp.asarray(np.stack([SOBEL_X, SOBEL_Y], axis=-1)[:, :, None, :])  # HWIO: 1 in, 2 out
+  responses = jax.lax.conv_general_dilated(jnp.asarray(gray)[None, :, :, None], kernels, window_strides=(1, 1),
+                                           padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+  dx, dy = responses[..., 0], responses[..., 1]
+  return np.asarray(dx), np.asarray(dy), np.asarray(jnp.sqrt(dx ** 2 + dy ** 2))
+
+
+def _first_conv_kernel(variables):
+  """(layer name, HWIO kernel) of the first convolution in the parameters, in the model's layer order."""
+  def walk(tree, prefix):
+    for name, value in tree.items():
+      path = f"{prefix}/{name}" if prefix else name
+      if name == "kernel" and getattr(value, "ndim", 0) == 4:
+        return prefix, value
+      if isinstance(value, Mapping):
+        found = walk(value, path)
+        if found:
+          return found
+    return None
+  found = walk(variables.get("params", {}), "")
+  if found is None:
+    raise ValueError("the model has no convolution (no 4-D 'kernel' in variables['params'])")
+  return found
+
+
+def convolution_demo(photo_path: PathLike, *, model=None, variables=None, path: Optional[PathLike] = None,
+                     image_size: Optional[int] = None, preprocess: Union[str, Mapping] = "rescale",
+                     max_size: int = 256, max_channels: int = 16):
+  """The KDnuggets tutorial's first figure: a photo's Sobel dx, dy and gradient magnitude (hand-made
+  convolutions), and, given a trained `model` and its `variables`, its first-layer filters (learned
+  convolutions) and their activations on the same photo.
+
+  The photo is shrunk to at most `max_size` pixels a side for the Sobel panels; the model sees it resized to
+  `image_size` (its training size, e.g. `config.image_size`), preprocessed with `preprocess` (a mode of
+  `cnnjax.data.preprocess` or its keyword arguments, e.g. `cnnjax.train.loop.preprocess_settings(config)`).
+  """
+  from PIL import Image
+  if (model is None) != (variables is None):
+    raise ValueError("pass both model and variables (e.g. from cnnjax.train.restore(workdir)), or neither")
+  if model is not None and not image_size:
+    raise ValueError("image_size is required with a model: the size it was trained on (config.image_size)")
+  try:
+    photo = Image.open(photo_path)
+    photo.load()
+  except (OSError, ValueError) as error:
+    raise ValueError(f"cannot read the photo {photo_path}: {error}") from None
+  photo = photo.convert("RGB")
+  shown = photo.copy()
+  shown.thumbnail((max_size, max_size), Image.BILINEAR)
+  gray = np.asarray(shown.convert("L"), np.float32) / 255.0
+  dx, dy, magnitude = sobel(gray)
+
+  figure = plt.figure(figsize=(13, 7.5 if model is not None else 3.4))
+  sobel_part, model_part = figure.subfigures(2, 1, height_ratios=(1, 1.25)) if model is not None else (figure, None)
+  axes = sobel_part.subplots(1, 4)
+  panels = ((gray, "gray", "grayscale photo"), (dx, "RdBu_r", "Sobel x (dx)"), (dy, "RdBu_r", "Sobel y (dy)"),
+            (magnitude, "gray", "magnitude sqrt(dx² + dy²)"))
+  for axis, (panel, cmap, title) in zip(axes, panels):
+    if cmap == "RdBu_r":  # signed responses: white is zero
+      limit = float(np.abs(panel).max()) or 1.0
+      axis.imshow(panel, cmap=cmap, vmin=-limit, vmax=limit)
+    else:
+      axis.imshow(panel, cmap=cmap)
+    axis.set_title(title, fontsize=9)
+    axis.axis("off")
+  sobel_part.suptitle("hand-made convolutions: Sobel kernels via jax.lax.conv_general_dilated", fontsize=10)
+  if model is not None:
+    _draw_first_layer(model_part, photo, model, variables, image_size, preprocess, max_channels)
+  return _finish(figure, path)
+
+
+def _draw_first_layer(container, photo, model, variables, image_size: int, preprocess, max_channels: int):
+  from PIL import Image
+
+  from cnnjax import data as data_lib
+  from cnnjax import explain
+  layer, kernel = _first_conv_kernel(variables)
+  kernel = np.asarray(kernel, np.float32)
+  resized = photo.resize((image_size, image_size), Image.BILINEAR)
+  if kernel.shape[2] == 1:
+    resized = resized.convert("L")
+  pixels = np.asarray(resized, np.float32).reshape(1, image_size, image_size, -1)
+  settings = {"mode": preprocess} if isinstance(preprocess, str) else dict(preprocess)
+  images = data_lib.preprocess(pixels, **settings)
+  feature_map = np.asarray(explain.activations(model, variables, images, layer)[layer])[0]
+
+  input_part, filter_part, activation_part = container.subfigures(1, 3, width_ratios=(1, 1.6, 1.6))
+  axis = input_part.subplots()
+  axis.imshow(np.asarray(resized), cmap="gray", interpolation="nearest")
+  axis.set_title(f"model input ({image_size}x{image_size})", fontsize=9)
+  axis.axis("off")
+  filters = _filter_tiles(kernel, max_channels)
+  _draw_tiles(filter_part, filters, math.ceil(math.sqrt(len(filters))), cmap="gray")
+  filter_part.suptitle(f"learned first-layer filters ({layer}, {kernel.shape[0]}x{kernel.shape[1]})",
+                       fontsize=9)
+  channels = min(feature_map.shape[-1], max_channels)
+  _draw_tiles(activation_part, [feature_map[..., c] for c in range(channels)], math.ceil(math.sqrt(channels)),
+              [str(c) for c in range(channels)])
+  activation_part.suptitle(f"their activations ({layer} output)", fontsize=9)

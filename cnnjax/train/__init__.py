@@ -1,5 +1,7 @@
-"""Training: `train_and_evaluate(config, workdir)`, `restore(workdir)`, and the pieces they are made of."""
+"""Training: `train_and_evaluate(config, workdir)`, `restore(workdir)`, `lr_find(config, workdir)`, and the
+pieces they are made of."""
 from cnnjax.train.config import default_config, validate
 from cnnjax.train.loop import Interrupted, restore, train_and_evaluate
+from cnnjax.train.lr_find import lr_find
 from cnnjax.train.optim import create_optimizer, create_schedule
 from cnnjax.train.step import TrainState, create_train_state, eval_step, train_step

@@ -1,5 +1,6 @@
 """Config checks that run before anything is compiled, and the rule for what may change on resume."""
 import json
+import re
 from typing import Any, Dict, List
 
 import jax
@@ -13,7 +14,9 @@ EARLY_STOPPING_MONITORS = ("val_loss", "val_accuracy")
 AUGMENT_FIELDS = ("horizontal_flip", "rotation", "width_shift", "height_shift", "shear", "zoom")
 # Fields a rerun may change on an existing workdir: a larger num_epochs continues a finished run
 # (Keras's initial_epoch); the others change no numbers.
-RESUMABLE_CHANGES = ("num_epochs", "eval_batch_size", "data_dir", "keep_checkpoints", "checkpoint_every_steps")
+RESUMABLE_CHANGES = ("num_epochs", "eval_batch_size", "data_dir", "keep_checkpoints", "checkpoint_every_steps",
+                     # The LR finder is not a training run: its settings never change what training computes.
+                     "lr_find", "lr_find_steps", "lr_find_min", "lr_find_max")
 # Added by the training loop to the saved config; not user settings.
 DERIVED_FIELDS = ("class_names",)
 
@@ -33,7 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default
   config.limit_per_class = config_dict.placeholder(int)  # use only the first N images of each class
   config.validation_split = 0.1  # a fixed, stratified share of the training split
-  config.preprocess = "rescale"  # rescale | mean_std | caffe | tf | torch (cnnjax.data.preprocess)
+  # rescale | mean_std | caffe | tf | torch (cnnjax.data.preprocess); auto: the pretrained source's
+  # convention (cnnjax.pretrained.preprocessing_for), else rescale. Saved runs record the concrete mode.
+  config.preprocess = "auto"
   config.mean = config_dict.placeholder(tuple)  # per channel, for preprocess='mean_std'
   config.std = config_dict.placeholder(tuple)
   # Keras ImageDataGenerator settings, applied on device per image; all zero/False = no augmentation.
@@ -63,6 +68,25 @@ def default_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0  # also save mid-epoch every N steps (0: at the end of each epoch only)
   config.nonfinite = "stop"  # a NaN/inf loss: 'stop' with the step number, or 'skip' the update
   config.seed = 0
+
+  # Transfer learning (cnnjax/train/transfer.py). pretrained: a weight file, 'keras:mobilenet|vgg16|resnet50'
+  # (the official Keras notop file, cached in ~/.cache/cnnjax/weights) or a train.py workdir; layers whose
+  # shapes match are copied by name, the rest (the new head) start fresh.
+  config.pretrained = ""
+  config.freeze = ""  # regex, re.fullmatch on layer names: frozen params and BatchNorm statistics stay fixed
+  config.freeze_first = 0  # also freeze the first N layers in forward order (cnnjax.explain.layer_names)
+  # Sequential runs in <workdir>/phase1, phase2, ...: each a dict of overrides of this config; a phase starts
+  # from the previous phase's best weights.
+  config.phases = ()
+  # layer != '': run the (pretrained) model once to this layer's output, cache the features under the
+  # workdir and train a Dense head (relu, dropout per hidden layer) on them instead of the whole model.
+  config.bottleneck = ml_collections.ConfigDict(dict(layer="", hidden=(512, 256), dropout=(0.5, 0.2)))
+
+  # LR range test (cnnjax.train.lr_find): True runs it instead of training; writes lr_find.png / .json.
+  config.lr_find = False
+  config.lr_find_steps = 200  # one batch per learning rate, swept exponentially from min to max
+  config.lr_find_min = 1e-7
+  config.lr_find_max = 10.0
   return config
 
 
@@ -110,6 +134,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail(f"unknown early_stopping.monitor {monitor!r}; choose one of {EARLY_STOPPING_MONITORS}")
   if config.early_stopping.patience and not config.validation_split:
     _fail("early stopping monitors validation metrics: set config.validation_split > 0 or patience=0")
+  if config.lr_find_steps < 2:
+    _fail(f"config.lr_find_steps must be at least 2, got {config.lr_find_steps}")
+  if not 0 < config.lr_find_min < config.lr_find_max:
+    _fail(f"the LR finder needs 0 < config.lr_find_min < config.lr_find_max, got {config.lr_find_min} and "
+          f"{config.lr_find_max}")
+  if config.freeze_first < 0:
+    _fail(f"config.freeze_first must be >= 0, got {config.freeze_first}")
+  try:
+    re.compile(config.freeze)
+  except re.error as error:
+    _fail(f"config.freeze={config.freeze!r} is not a valid regular expression ({error})")
+  if config.phases and config.bottleneck.layer:
+    _fail("config.phases and config.bottleneck.layer cannot be combined; use one or the other")
+  if len(config.bottleneck.hidden) != len(config.bottleneck.dropout):
+    _fail(f"config.bottleneck.hidden {tuple(config.bottleneck.hidden)} and .dropout "
+          f"{tuple(config.bottleneck.dropout)} need one rate per hidden layer")
   if config.nonfinite not in ("stop", "skip"):
     _fail(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
   devices = jax.device_count()

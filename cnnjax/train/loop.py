@@ -22,6 +22,7 @@ from cnnjax.train import evaluation
 from cnnjax.train import optim
 from cnnjax.train import sharding
 from cnnjax.train import step as step_lib
+from cnnjax.train import transfer
 from cnnjax.train import workdir as workdir_lib
 
 
@@ -29,13 +30,18 @@ def create_model(config: ml_collections.ConfigDict):
   return models.create(config.model, num_classes=config.num_classes, **config.model_options.to_dict())
 
 
+def create_optimizer(config: ml_collections.ConfigDict, model, schedule):
+  """The config's optimizer, with zero updates for the layers config.freeze / freeze_first select."""
+  return transfer.freeze(optim.create_optimizer(config, schedule), transfer.frozen_layers(model, config))
+
+
 def image_shape(config) -> Tuple[int, int, int]:
   return (config.image_size, config.image_size, config.channels)
 
 
 def preprocess_settings(config) -> Dict:
-  settings = {"mode": config.preprocess}
-  if config.preprocess == "mean_std":
+  settings = {"mode": transfer.preprocess_mode(config)}
+  if settings["mode"] == "mean_std":
     settings.update(mean=tuple(config.mean), std=tuple(config.std))
   return settings
 
@@ -95,8 +101,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   Returns the evaluation written to eval.json.
   """
   config_lib.validate(config)
+  config = transfer.resolve(config)
   is_writer = jax.process_index() == 0
   with workdir_lib.exclusive(workdir, enabled=is_writer):
+    if config.phases:
+      return transfer.train_phases(config, workdir, train_and_evaluate)
     return _train_and_evaluate(config, workdir, is_writer)
 
 
@@ -118,6 +127,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
   if is_writer:
     workdir_lib.write_text(workdir, "config.json", config_lib.to_json(config))
 
+  if config.bottleneck.layer:
+    return transfer.train_on_bottleneck(config, workdir, model, transfer.initial_variables(model, config),
+                                        splits, preprocess_settings(config))
   steps_per_epoch = data_lib.num_batches(len(splits.train), config.batch_size, drop_remainder=True)
   if steps_per_epoch == 0:
     raise ValueError(f"the training split has {len(splits.train)} images, fewer than one batch of "
@@ -125,7 +137,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
   if config.steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
   schedule = optim.create_schedule(config, steps_per_epoch)
-  tx = optim.create_optimizer(config, schedule)
+  tx = create_optimizer(config, model, schedule)
 
   mesh = sharding.data_mesh()
   replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
@@ -145,11 +157,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
     history, partial = record["history"], record.get("partial")
     where = f"epoch {partial['epoch'] + 1}, batch {partial['batch']}" if partial else f"epoch {len(history)}"
     print(f"resuming {workdir} at {where} (step {int(state.step)})")
+  elif config.pretrained:
+    state = jax.device_put(state.replace(**transfer.load_pretrained(model, state.variables, config)), replicated)
 
   train_step = jax.jit(
       functools.partial(step_lib.train_step, model=model, num_classes=config.num_classes,
                         preprocess=preprocess_settings(config), augment=augment_settings(config),
-                        label_smoothing=config.label_smoothing, learning_rate_fn=schedule),
+                        label_smoothing=config.label_smoothing, learning_rate_fn=schedule,
+                        frozen=transfer.frozen_layers(model, config)),
       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(
       functools.partial(step_lib.eval_step, model=model, num_classes=config.num_classes,
@@ -315,8 +330,10 @@ def restore(workdir: str):
     raise ValueError(f"{workdir} is not a train.py workdir (no config.json); pass the --workdir of a run")
   with open(config_path) as f:
     config = config_lib.from_json(f.read())
+  if config.get("phases"):  # a phased run: the weights of its last phase
+    return restore(os.path.join(workdir, f"phase{len(config.phases)}"))
   model = create_model(config)
-  tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
+  tx = create_optimizer(config, model, optim.create_schedule(config, 1))
   abstract = jax.eval_shape(lambda: step_lib.create_train_state(model, tx, image_shape(config), config.seed))
   abstract = jax.tree_util.tree_map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=jax.sharding.SingleDeviceSharding(

@@ -6,7 +6,7 @@ statistics are over the global batch), or under `jax.pmap` with `axis_name`, whe
 statistics (the model's `axis_name`) and metrics are averaged with `lax.pmean`.
 """
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -57,8 +57,12 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
 
 def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, preprocess: dict,
                augment: Optional[dict] = None, label_smoothing: float = 0.0,
-               learning_rate_fn: Optional[Callable] = None, axis_name: Optional[str] = None):
-  """One optimizer step on `batch` = {'images': uint8 NHWC, 'labels': int}; returns (state, metrics)."""
+               learning_rate_fn: Optional[Callable] = None, axis_name: Optional[str] = None,
+               frozen: Sequence[str] = ()):
+  """One optimizer step on `batch` = {'images': uint8 NHWC, 'labels': int}; returns (state, metrics).
+
+  BatchNorm statistics of the `frozen` layers keep their values (their params are frozen by the optimizer).
+  """
   step_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:
     # Each pmap replica augments and drops out differently, as shards of one global batch do under jit.
@@ -73,6 +77,8 @@ def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, 
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  batch_stats = {layer: state.batch_stats[layer] if layer in frozen else stats
+                 for layer, stats in batch_stats.items()}
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
   if axis_name is not None:
     grads = lax.pmean(grads, axis_name)

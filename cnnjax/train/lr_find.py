@@ -1,0 +1,151 @@
+"""The learning-rate range test (Smith 2015, "Cyclical Learning Rates"; fastai's `lr_find`).
+
+Trains the run's model, data and optimizer from scratch while the learning rate grows exponentially from
+`min_lr` to `max_lr`, one batch per value, and records the loss. The loss is smoothed with a bias-corrected
+exponential moving average; the sweep stops early once the smoothed loss exceeds `DIVERGENCE_FACTOR` times
+the best so far, or the loss is not finite. The suggestion is the learning rate where the smoothed loss
+falls fastest (steepest negative slope against log10(lr)), between the first few, noisy, steps and the
+minimum of the loss; feed it to one-cycle with `--config.schedule=onecycle --config.learning_rate=<suggestion>`.
+
+It is not a training run: it writes only `lr_find.json` and `lr_find.png` into the workdir, never a
+checkpoint or config.json, and takes no workdir lock, so it can run beside (or before) a run on that workdir.
+"""
+import functools
+import json
+import math
+import os
+from typing import Dict, Optional
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from cnnjax import data as data_lib
+from cnnjax.train import config as config_lib
+from cnnjax.train import loop
+from cnnjax.train import optim
+from cnnjax.train import sharding
+from cnnjax.train import step as step_lib
+
+SMOOTHING = 0.98  # weight of the past in the moving average (fastai's beta)
+DIVERGENCE_FACTOR = 4.0
+SKIP_START = 0.1  # share of the first steps the suggestion ignores: the average is still settling there
+
+
+def exponential_schedule(min_lr: float, max_lr: float, steps: int) -> optax.Schedule:
+  """lr(t) = min_lr * (max_lr / min_lr) ** (t / (steps - 1)): min_lr at step 0, max_lr at the last step."""
+  return optax.exponential_decay(min_lr, transition_steps=steps - 1, decay_rate=max_lr / min_lr)
+
+
+def suggest(lrs, smoothed_losses) -> float:
+  """The lr of steepest descent of the smoothed loss against log10(lr), before the loss minimum.
+
+  With fewer than three points to differentiate, the fallback rule of thumb: the lr of minimum loss / 10.
+  """
+  lrs, smoothed_losses = np.asarray(lrs, np.float64), np.asarray(smoothed_losses, np.float64)
+  lowest = int(np.argmin(smoothed_losses))
+  start = min(int(SKIP_START * len(lrs)), max(lowest - 2, 0))
+  if lowest + 1 - start < 3:
+    return float(max(lrs[lowest] / 10, lrs[0]))
+  window = slice(start, lowest + 1)
+  slopes = np.gradient(smoothed_losses[window], np.log10(lrs[window]))
+  return float(lrs[window][int(np.argmin(slopes))])
+
+
+def _resolve(value, default, name: str):
+  value = default if value is None else value
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"{name} must be a number, got {value!r}")
+  return value
+
+
+def lr_find(config: ml_collections.ConfigDict, workdir: str, *, steps: Optional[int] = None,
+            min_lr: Optional[float] = None, max_lr: Optional[float] = None) -> Dict:
+  """Runs the range test for `config` and writes lr_find.json / lr_find.png into `workdir`.
+
+  `steps`, `min_lr` and `max_lr` default to `config.lr_find_steps`, `config.lr_find_min`, `config.lr_find_max`.
+  Returns {'lrs', 'losses' (raw, per step), 'smoothed_losses', 'suggestion', 'stopped' (why the sweep ended)}.
+  """
+  config_lib.validate(config)
+  steps = _resolve(steps, config.lr_find_steps, "steps")
+  min_lr = _resolve(min_lr, config.lr_find_min, "min_lr")
+  max_lr = _resolve(max_lr, config.lr_find_max, "max_lr")
+  if int(steps) != steps or steps < 2:
+    raise ValueError(f"the LR finder needs at least 2 steps, got steps={steps}")
+  if not 0 < min_lr < max_lr:
+    raise ValueError(f"the LR finder sweeps from min_lr up to max_lr: need 0 < min_lr < max_lr, got "
+                     f"min_lr={min_lr}, max_lr={max_lr}")
+  steps = int(steps)
+
+  model = loop.create_model(config)
+  loop.check_model_input(model, config)
+  splits = data_lib.load(config.dataset, image_size=config.image_size, channels=config.channels,
+                         validation_split=config.validation_split, seed=config.seed, data_dir=config.data_dir,
+                         limit_per_class=config.limit_per_class)
+  if len(splits.class_names) != config.num_classes:
+    raise ValueError(f"the dataset has {len(splits.class_names)} classes but config.num_classes="
+                     f"{config.num_classes}; set --config.num_classes={len(splits.class_names)}")
+  batches_per_epoch = data_lib.num_batches(len(splits.train), config.batch_size, drop_remainder=True)
+  if batches_per_epoch == 0:
+    raise ValueError(f"the training split has {len(splits.train)} images, fewer than one batch of "
+                     f"{config.batch_size}; lower config.batch_size")
+
+  schedule = exponential_schedule(min_lr, max_lr, steps)
+  tx = optim.create_optimizer(config, schedule)
+  mesh = sharding.data_mesh()
+  replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  state = jax.device_put(step_lib.create_train_state(model, tx, loop.image_shape(config), config.seed),
+                         replicated)
+  train_step = jax.jit(
+      functools.partial(step_lib.train_step, model=model, num_classes=config.num_classes,
+                        preprocess=loop.preprocess_settings(config), augment=loop.augment_settings(config),
+                        label_smoothing=config.label_smoothing, learning_rate_fn=schedule),
+      in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated), donate_argnums=0)
+
+  is_writer = jax.process_index() == 0
+  lrs, losses, smoothed = [], [], []
+  best, average, stopped = math.inf, 0.0, "completed"
+  progress = tqdm(total=steps, desc="lr_find", disable=not is_writer, leave=False, dynamic_ncols=True)
+  for step in range(steps):
+    if step % batches_per_epoch == 0:
+      batches = data_lib.batches(splits.train, batch_size=config.batch_size, seed=config.seed,
+                                 epoch=step // batches_per_epoch, shuffle=True,
+                                 process_index=jax.process_index(), process_count=jax.process_count())
+    state, metrics = train_step(state, sharding.global_batch(next(batches), batch_sharding))
+    # One host sync per step: the stopping rule needs each loss before the next, larger, learning rate.
+    metrics = jax.device_get(metrics)
+    loss = float(metrics["loss"])
+    progress.update(1)
+    if not math.isfinite(loss):
+      stopped = f"loss became {loss} at lr {float(metrics['learning_rate']):.3g}"
+      break
+    average = SMOOTHING * average + (1 - SMOOTHING) * loss
+    current = average / (1 - SMOOTHING ** (step + 1))
+    lrs.append(float(metrics["learning_rate"]))
+    losses.append(loss)
+    smoothed.append(current)
+    progress.set_postfix(lr=f"{lrs[-1]:.2e}", loss=f"{current:.4f}", refresh=False)
+    best = min(best, current)
+    if current > DIVERGENCE_FACTOR * best:
+      stopped = f"diverged at lr {lrs[-1]:.3g} (smoothed loss {current:.4g} > {DIVERGENCE_FACTOR:g}x best {best:.4g})"
+      break
+  progress.close()
+  if not lrs:
+    raise ValueError(f"the LR finder's first step already failed ({stopped}); lower --config.lr_find_min")
+
+  suggestion = suggest(lrs, smoothed)
+  result = {"lrs": lrs, "losses": losses, "smoothed_losses": smoothed, "suggestion": suggestion,
+            "stopped": stopped, "steps": steps, "min_lr": min_lr, "max_lr": max_lr,
+            "method": "steepest descent of the smoothed loss vs log10(lr), before its minimum"}
+  if is_writer:
+    from cnnjax import viz
+    from cnnjax.train import workdir as workdir_lib
+    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.write_text(workdir, "lr_find.json", json.dumps(result, indent=2))
+    viz.lr_find_figure(lrs, smoothed, suggestion, os.path.join(workdir, "lr_find.png"), raw_losses=losses)
+    print(f"lr_find: {len(lrs)} steps from {lrs[0]:.3g} to {lrs[-1]:.3g} ({stopped}); suggested learning rate "
+          f"{suggestion:.3g}; plot in {os.path.join(workdir, 'lr_find.png')}\n"
+          f"  train with one-cycle: --config.schedule=onecycle --config.learning_rate={suggestion:.3g}")
+  return result

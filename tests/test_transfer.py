@@ -1,0 +1,194 @@
+"""Transfer learning: pretrained layers copied by name, freezing, phases, bottleneck features, keras: sources."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import data as data_lib
+from cnnjax import models
+from cnnjax.train import config as config_lib
+from cnnjax.train import loop, optim, step as step_lib, transfer
+
+SIZE = 12
+
+
+def tiny_config(image_folder, **overrides):
+  config = config_lib.default_config()
+  config.model = "simple_cnn_bn"
+  config.dataset = f"folder:{image_folder}"
+  config.num_classes = 3
+  config.image_size = SIZE
+  config.batch_size = 4
+  config.eval_batch_size = 8
+  config.num_epochs = 1
+  config.steps_per_epoch = 3
+  config.validation_split = 0.25
+  config.augment.update(horizontal_flip=False, width_shift=0.0, height_shift=0.0)
+  config.update(overrides)
+  return config
+
+
+def init_variables(model, seed):
+  variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
+  return {collection: dict(layer_vars) for collection, layer_vars in variables.items()}
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(image_folder, tmp_path_factory):
+  """A trained 3-class run: its workdir is a `config.pretrained` source for a new 2-class model."""
+  workdir = str(tmp_path_factory.mktemp("source"))
+  loop.train_and_evaluate(tiny_config(image_folder), workdir)
+  return workdir
+
+
+def layers_with_params(variables):
+  return list(variables["params"])
+
+
+def test_pretrained_layers_loaded_and_head_new(pretrained_run, image_folder, capsys):
+  _, source, _ = loop.restore(pretrained_run)
+  config = tiny_config(image_folder, num_classes=2, pretrained=pretrained_run)
+  model = loop.create_model(config)
+  fresh = init_variables(model, config.seed)
+  variables = transfer.initial_variables(model, config)
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert "new: predictions" in line and "loaded" in line
+  for layer in layers_with_params(variables):
+    for collection in variables:
+      if layer not in variables[collection]:
+        continue
+      expected = fresh if layer == "predictions" else source
+      for got, want in zip(jax.tree.leaves(variables[collection][layer]),
+                           jax.tree.leaves(expected[collection][layer])):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert variables["params"]["predictions"]["kernel"].shape[-1] == 2
+
+
+def test_merge_layers_copies_only_equal_shapes():
+  ours = {"params": {"a": {"kernel": jnp.zeros((2, 3))}, "b": {"kernel": jnp.zeros((3, 4))}}}
+  theirs = {"params": {"a": {"kernel": jnp.ones((2, 3))}, "b": {"kernel": jnp.ones((3, 5))}}}
+  merged, loaded, new = transfer.merge_layers(ours, theirs)
+  assert loaded == ["a"] and new == ["b"]
+  assert float(merged["params"]["a"]["kernel"].sum()) == 6 and float(merged["params"]["b"]["kernel"].sum()) == 0
+
+
+def test_architecture_mismatch_is_one_line(pretrained_run, image_folder):
+  config = tiny_config(image_folder, model="simple_cnn", pretrained=pretrained_run)
+  with pytest.raises(ValueError, match="config.model"):
+    transfer.initial_variables(loop.create_model(config), config)
+
+
+def run_steps(config, steps=3):
+  """`steps` train steps from one state; returns (before, after) states."""
+  model = loop.create_model(config)
+  tx = loop.create_optimizer(config, model, optim.create_schedule(config, 10))
+  state = step_lib.create_train_state(model, tx, (SIZE, SIZE, 3), config.seed)
+  before = jax.device_get(state)
+  step = jax.jit(lambda s, b: step_lib.train_step(
+      s, b, model=model, num_classes=3, preprocess={"mode": "rescale"},
+      frozen=transfer.frozen_layers(model, config)))
+  rng = np.random.default_rng(0)
+  for _ in range(steps):
+    batch = {"images": rng.integers(0, 255, (4, SIZE, SIZE, 3), dtype=np.uint8),
+             "labels": rng.integers(0, 3, (4,)).astype(np.int32)}
+    state, _ = step(state, batch)
+  return model, before, jax.device_get(state)
+
+
+def changed(before, after, layer):
+  tree = lambda state: {"p": state.params.get(layer, {}), "s": state.batch_stats.get(layer, {})}
+  return any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tree(before)), jax.tree.leaves(tree(after))))
+
+
+@pytest.mark.parametrize("freeze", [dict(freeze="conv2d.*|batch_normalization"), dict(freeze_first=3)])
+def test_frozen_params_and_bn_stats_stay_bit_identical(image_folder, freeze):
+  config = tiny_config(image_folder, optimizer="sgd", learning_rate=0.1, **freeze)
+  model, before, after = run_steps(config)
+  frozen = transfer.frozen_layers(model, config)
+  names = transfer._layer_order(model, config)
+  if "freeze_first" in freeze:
+    assert frozen == tuple(names[:3])
+  else:
+    assert "conv2d" in frozen and "batch_normalization" in frozen and "conv2d_1" in frozen
+  assert "batch_normalization" in before.batch_stats and "batch_normalization" in frozen
+  for layer in set(before.params) | set(before.batch_stats):
+    assert changed(before, after, layer) == (layer not in frozen), layer
+
+
+def test_freeze_regex_that_matches_nothing_says_so(image_folder):
+  config = tiny_config(image_folder, freeze="block.*")
+  with pytest.raises(ValueError, match="matches none"):
+    transfer.frozen_layers(loop.create_model(config), config)
+  with pytest.raises(ValueError, match="regular expression"):
+    config_lib.validate(tiny_config(image_folder, freeze="("))
+
+
+def test_bottleneck_features_cached_and_reused(tmp_path):
+  model = models.create("simple_cnn_bn", num_classes=3)
+  variables = init_variables(model, 0)
+  images = np.random.default_rng(0).integers(0, 255, (5, SIZE, SIZE, 3), dtype=np.uint8)
+  cache = str(tmp_path / "features.npy")
+  features = transfer.bottleneck_features(model, variables, images, "flatten", 2, cache_path=cache)
+  expected = model.apply(variables, data_lib.preprocess(jnp.asarray(images, jnp.float32), "rescale"),
+                         train=False, capture_intermediates=True)[1]["intermediates"]["flatten"]["__call__"][0]
+  np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+  stamp = os.stat(cache).st_mtime_ns
+  other = init_variables(model, 1)  # different weights: only a cache hit gives the same features back
+  again = transfer.bottleneck_features(model, other, images, "flatten", 2, cache_path=cache)
+  np.testing.assert_array_equal(again, features)
+  assert os.stat(cache).st_mtime_ns == stamp
+  with pytest.raises(ValueError, match="not a layer"):
+    transfer.bottleneck_features(model, variables, images, "nope", 2)
+
+
+def test_bottleneck_head_trains(image_folder, pretrained_run, tmp_path):
+  config = tiny_config(image_folder, pretrained=pretrained_run, num_epochs=15, steps_per_epoch=None,
+                       optimizer="adam", learning_rate=3e-3)
+  config.bottleneck.update(layer="flatten", hidden=(16,), dropout=(0.1,))
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert history[-1]["train_loss"] < history[0]["train_loss"]
+  assert sorted(os.listdir(tmp_path / "bottleneck")) == ["train_flatten.npy", "validation_flatten.npy"]
+  assert results["accuracy"] > 0.5 and (tmp_path / "head.npz").is_file()
+
+
+def test_two_phases_second_starts_from_first(image_folder, pretrained_run, tmp_path):
+  config = tiny_config(image_folder, pretrained=pretrained_run, num_classes=2)
+  config.phases = (dict(freeze="(?!predictions).*", optimizer="rmsprop"),
+                   dict(freeze_first=3, optimizer="sgd", learning_rate=1e-3, momentum=0.9))
+  with pytest.raises(ValueError, match="classes"):  # the folder has 3 classes
+    loop.train_and_evaluate(config, str(tmp_path / "bad"))
+  config.num_classes = 3
+  loop.train_and_evaluate(config, str(tmp_path))
+  _, phase1, _ = loop.restore(str(tmp_path / "phase1"))
+  phase2_config = json.loads((tmp_path / "phase2" / "config.json").read_text())
+  assert phase2_config["pretrained"] == str(tmp_path / "phase1") and phase2_config["optimizer"] == "sgd"
+  # Phase 2 froze its first 3 layers: their weights are phase 1's exactly.
+  model = loop.create_model(config)
+  _, final, _ = loop.restore(str(tmp_path))
+  for layer in transfer._layer_order(model, config)[:3]:
+    for got, want in zip(jax.tree.leaves(final["params"].get(layer, {})),
+                         jax.tree.leaves(phase1["params"].get(layer, {}))):
+      np.testing.assert_array_equal(got, want)
+  # Phase 1 froze everything but the head: its backbone is still the pretrained run's.
+  _, source, _ = loop.restore(pretrained_run)
+  np.testing.assert_array_equal(phase1["params"]["conv2d"]["kernel"], source["params"]["conv2d"]["kernel"])
+  assert not np.array_equal(phase1["params"]["predictions"]["kernel"], source["params"]["predictions"]["kernel"])
+  assert (tmp_path / "eval.json").is_file()
+  loop.train_and_evaluate(config, str(tmp_path))  # a rerun resumes both finished phases
+
+
+def test_offline_keras_weights_name_the_file(image_folder, tmp_path, monkeypatch):
+  monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path))
+  monkeypatch.setattr(transfer.urllib.request, "urlretrieve",
+                      lambda *args: (_ for _ in ()).throw(OSError("no network")))
+  config = tiny_config(image_folder, model="resnet50", pretrained="keras:resnet50")
+  with pytest.raises(ValueError) as error:
+    transfer.resolve_source(config)
+  message = str(error.value)
+  assert "\n" not in message and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+  assert str(tmp_path / "weights") in message
+  assert transfer.preprocess_mode(config) == "caffe"
