@@ -4,8 +4,8 @@
 
 For simple_cnn (32px) and resnet50 (224px) at batch 1 and 32: images/s of a plain forward pass, saliency,
 guided backprop, Grad-CAM and guided Grad-CAM, each after its compilation (compile time reported separately),
-the median of `--repeats` timed calls, and each explainer's time divided by the forward pass of the same batch
-(the goal: Grad-CAM <= 1.3x, saliency <= 3x). Interleaved in one process, so the ratios share the machine's
+the median of `--repeats` timed calls, and each explainer's time and XLA FLOP count divided by those of the
+forward pass of the same batch (the goal: Grad-CAM <= 1.3x, saliency <= 3x). Interleaved in one process, so the ratios share the machine's
 state. Prints a Markdown table for bench/RESULTS.md.
 """
 import argparse
@@ -65,6 +65,14 @@ def time_calls(function, repeats: int):
   return compile_seconds, statistics.median(durations)
 
 
+def flops(function, model, variables, images, targets) -> float:
+  """XLA's FLOP count of the compiled computation: a cost measure the machine's load cannot disturb."""
+  traced = jax.jit(lambda v, x, t: function(model, v, x, t))
+  analysis = traced.lower(variables, images, targets).compile().cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float(analysis.get("flops", float("nan")))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="batch 1 and 8 for resnet50, 3 repeats")
@@ -73,20 +81,22 @@ def main():
   repeats = 3 if args.quick else args.repeats
   print(f"# explain_speed: {datetime.date.today()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, jax {jax.__version__}, flax {flax.__version__}, backend {jax.default_backend()}")
-  print("| model | batch | method | compile s | median s | images/s | x forward |")
-  print("|---|---|---|---|---|---|---|")
+  print("| model | batch | method | compile s | median s | images/s | time x forward | FLOPs x forward |")
+  print("|---|---|---|---|---|---|---|---|")
   for name, image_size, num_classes in CASES:
     model = models.create(name, num_classes=num_classes)
     variables = random_variables(model, image_size)
     for batch in (1, 8 if args.quick and name == "resnet50" else 32):
       images = jnp.asarray(np.random.default_rng(1).random((batch, image_size, image_size, 3)), jnp.float32)
       targets = jnp.arange(batch) % num_classes
-      forward_seconds = None
+      forward_seconds = forward_flops = None
       for method, function in METHODS.items():
         compile_seconds, seconds = time_calls(lambda: function(model, variables, images, targets), repeats)
-        forward_seconds = forward_seconds or seconds
+        method_flops = flops(function, model, variables, images, targets)
+        forward_seconds, forward_flops = forward_seconds or seconds, forward_flops or method_flops
         print(f"| {name} {image_size}px | {batch} | {method} | {compile_seconds:.1f} | {seconds:.4f} | "
-              f"{batch / seconds:.1f} | {seconds / forward_seconds:.2f} |", flush=True)
+              f"{batch / seconds:.1f} | {seconds / forward_seconds:.2f} | {method_flops / forward_flops:.3f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
