@@ -222,7 +222,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
   results["epoch"] = best_restored[1]["history"][-1]["epoch"] if best_restored else None
   if is_writer:
     workdir_lib.write_outputs(workdir, history, results, splits.class_names)
-  print(f"eval ({results['split']}, weights of epoch {results['epoch']}): loss {results['loss']:.4f}, "
+  best_epoch = "-" if results["epoch"] is None else results["epoch"] + 1  # 1-based, as the epoch lines
+  print(f"eval ({results['split']}, weights of epoch {best_epoch}): loss {results['loss']:.4f}, "
         f"accuracy {results['accuracy']:.4f}; outputs in {workdir}")
   return results
 
