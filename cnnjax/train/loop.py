@@ -95,6 +95,27 @@ def _best_value(history: List[Dict], monitor: str) -> Tuple[Optional[float], int
   return best, since
 
 
+def load_splits(config: ml_collections.ConfigDict) -> data_lib.Splits:
+  """The config's dataset, decoded and split; its class count must match the model's."""
+  splits = data_lib.load(config.dataset, image_size=config.image_size, channels=config.channels,
+                         validation_split=config.validation_split, seed=config.seed, data_dir=config.data_dir,
+                         limit_per_class=config.limit_per_class)
+  if len(splits.class_names) != config.num_classes:
+    raise ValueError(f"the dataset has {len(splits.class_names)} classes ({', '.join(splits.class_names[:10])}"
+                     f"{', ...' if len(splits.class_names) > 10 else ''}) but config.num_classes="
+                     f"{config.num_classes}; set --config.num_classes={len(splits.class_names)}")
+  return splits
+
+
+def train_steps_per_epoch(config: ml_collections.ConfigDict, splits: data_lib.Splits) -> int:
+  """Full batches in the training split, capped by config.steps_per_epoch."""
+  steps = data_lib.num_batches(len(splits.train), config.batch_size, drop_remainder=True)
+  if steps == 0:
+    raise ValueError(f"the training split has {len(splits.train)} images, fewer than one batch of "
+                     f"{config.batch_size}; lower config.batch_size")
+  return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   """Trains `config` into `workdir` (resuming what is there), then evaluates the best weights.
 
@@ -114,13 +135,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
   model = create_model(config)
   check_model_input(model, config)
 
-  splits = data_lib.load(config.dataset, image_size=config.image_size, channels=config.channels,
-                         validation_split=config.validation_split, seed=config.seed, data_dir=config.data_dir,
-                         limit_per_class=config.limit_per_class)
-  if len(splits.class_names) != config.num_classes:
-    raise ValueError(f"the dataset has {len(splits.class_names)} classes ({', '.join(splits.class_names[:10])}"
-                     f"{', ...' if len(splits.class_names) > 10 else ''}) but config.num_classes="
-                     f"{config.num_classes}; set --config.num_classes={len(splits.class_names)}")
+  splits = load_splits(config)
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.class_names = list(splits.class_names)
@@ -130,12 +145,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
   if config.bottleneck.layer:
     return transfer.train_on_bottleneck(config, workdir, model, transfer.initial_variables(model, config),
                                         splits, preprocess_settings(config))
-  steps_per_epoch = data_lib.num_batches(len(splits.train), config.batch_size, drop_remainder=True)
-  if steps_per_epoch == 0:
-    raise ValueError(f"the training split has {len(splits.train)} images, fewer than one batch of "
-                     f"{config.batch_size}; lower config.batch_size")
-  if config.steps_per_epoch:
-    steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+  steps_per_epoch = train_steps_per_epoch(config, splits)
   schedule = optim.create_schedule(config, steps_per_epoch)
   tx = create_optimizer(config, model, schedule)
 

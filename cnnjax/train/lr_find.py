@@ -81,16 +81,8 @@ def lr_find(config: ml_collections.ConfigDict, workdir: str, *, steps: Optional[
 
   model = loop.create_model(config)
   loop.check_model_input(model, config)
-  splits = data_lib.load(config.dataset, image_size=config.image_size, channels=config.channels,
-                         validation_split=config.validation_split, seed=config.seed, data_dir=config.data_dir,
-                         limit_per_class=config.limit_per_class)
-  if len(splits.class_names) != config.num_classes:
-    raise ValueError(f"the dataset has {len(splits.class_names)} classes but config.num_classes="
-                     f"{config.num_classes}; set --config.num_classes={len(splits.class_names)}")
-  batches_per_epoch = data_lib.num_batches(len(splits.train), config.batch_size, drop_remainder=True)
-  if batches_per_epoch == 0:
-    raise ValueError(f"the training split has {len(splits.train)} images, fewer than one batch of "
-                     f"{config.batch_size}; lower config.batch_size")
+  splits = loop.load_splits(config)
+  batches_per_epoch = loop.train_steps_per_epoch(config, splits)
 
   schedule = exponential_schedule(min_lr, max_lr, steps)
   tx = optim.create_optimizer(config, schedule)
