@@ -2,7 +2,7 @@
 3x3/2 pooling, conv 256@5x5, pooling, three 3x3 convolutions (384, 384, 256) each followed by dropout 0.25,
 pooling, then three Dense 4096 each followed by dropout 0.25, and `predictions`. Needs at least 67x67 inputs
 (227x227 in the report). Keras automatic layer names."""
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 
@@ -16,17 +16,10 @@ STACK = (ConvSpec(96, 11, 4, padding="valid"), _POOL, ConvSpec(256, 5, padding="
 HIDDEN_UNITS = (4096, 4096, 4096)
 
 
-class AlexNet(nn.Module):
+class AlexNet(layers.SequentialCNN):
   """conv_dropout: rate after conv 3-5 (None = 0.25); dropout: rate after each hidden Dense."""
-  num_classes: int
-  activation: str = "relu"
-  pooling: str = "max"
-  head: str = "flatten"
   dropout: float = 0.25
   conv_dropout: Optional[float] = None
-  batch_norm: bool = False
-  axis_name: Optional[str] = None
-  dtype: Any = None
 
   @nn.compact
   def __call__(self, images, train: bool = False):

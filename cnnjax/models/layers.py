@@ -442,6 +442,19 @@ def classifier_head(kind: str, hidden_units: Sequence[int], *, num_classes: int,
   return head
 
 
+class SequentialCNN(nn.Module):
+  """The options every conv-stack + dense-head architecture takes; subclasses set their own defaults and call
+  `sequential_cnn` from `__call__`. batch_norm: None = the architecture's default."""
+  num_classes: int
+  activation: str = "relu"
+  pooling: str = "max"
+  head: str = "flatten"
+  dropout: float = 0.0
+  batch_norm: Optional[bool] = None
+  axis_name: Optional[str] = None
+  dtype: Any = None
+
+
 def sequential_cnn(model: nn.Module, arch: str, images, train: bool, specs, hidden_units: Sequence[int], *,
                    batch_norm_default: bool = False, hidden_names: Optional[Sequence[str]] = None):
   """Builds (inside `model`'s compact `__call__`) and runs `specs` + head from the model's options.

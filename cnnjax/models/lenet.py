@@ -2,8 +2,6 @@
 (6 and 16 maps) each followed by 2x2 pooling, then Dense 120 - Dense 84 - predictions (61,706 parameters for
 10 classes). Defaults follow the paper: tanh and average pooling (`activation='relu', pooling='max'` for the
 modern variant)."""
-from typing import Any, Optional
-
 import flax.linen as nn
 
 from cnnjax.models import layers
@@ -13,15 +11,9 @@ STACK = (ConvSpec(6, 5, padding="valid"), PoolSpec(), ConvSpec(16, 5, padding="v
 HIDDEN_UNITS = (120, 84)
 
 
-class LeNet5(nn.Module):
-  num_classes: int
+class LeNet5(layers.SequentialCNN):
   activation: str = "tanh"
   pooling: str = "average"
-  head: str = "flatten"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  axis_name: Optional[str] = None
-  dtype: Any = None
 
   @nn.compact
   def __call__(self, images, train: bool = False):

@@ -43,22 +43,15 @@ PLANS = {
 }
 
 
-class SimpleCNN(nn.Module):
+class SimpleCNN(layers.SequentialCNN):
   """One of the tutorial CNNs in `PLANS`, chosen by `arch`.
 
   batch_norm: None = the architecture's default; with BN each convolution is conv -> BN -> activation.
   conv_dropout: the rate of the dropout inside the conv stack (catdog_cnn only), None = the default 0.25.
   """
-  num_classes: int
   arch: str = "simple_cnn"
-  activation: str = "relu"
-  pooling: str = "max"
-  head: str = "flatten"
   dropout: float = 0.5
   conv_dropout: Optional[float] = None
-  batch_norm: Optional[bool] = None
-  axis_name: Optional[str] = None
-  dtype: Any = None
 
   @nn.compact
   def __call__(self, images, train: bool = False):

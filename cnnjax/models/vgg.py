@@ -5,8 +5,6 @@ VGG16 for 1000 classes at 224x224 has Keras's 138,357,544 parameters.
 With `batch_norm=True` (torchvision's vgg*_bn order) each conv is linear and followed by `block{b}_conv{i}_bn`
 and `block{b}_conv{i}_relu`. As in Keras, no dropout unless `dropout` > 0 (then after fc1 and fc2).
 """
-from typing import Any, Optional
-
 import flax.linen as nn
 
 from cnnjax.models import layers
@@ -24,16 +22,8 @@ def vgg_stack(depth: int) -> tuple:
   return tuple(stack)
 
 
-class VGG(nn.Module):
-  num_classes: int
+class VGG(layers.SequentialCNN):
   depth: int = 16
-  activation: str = "relu"
-  pooling: str = "max"
-  head: str = "flatten"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  axis_name: Optional[str] = None
-  dtype: Any = None
 
   @nn.compact
   def __call__(self, images, train: bool = False):
