@@ -1,6 +1,5 @@
 """LR range test, the Sobel convolution demo, and the TensorBoard events of a run."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

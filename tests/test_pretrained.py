@@ -3,10 +3,8 @@
 Keras 3 (JAX backend) runs the same files; torch is not installed, so torchvision layouts are checked against
 hand-written NCHW forwards (jax.lax, PyTorch's layouts and semantics) of random-weight state dicts.
 """
-import io
 import os
 import shutil
-import zipfile
 
 os.environ["KERAS_BACKEND"] = "jax"
 

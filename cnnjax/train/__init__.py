@@ -5,3 +5,6 @@ from cnnjax.train.loop import Interrupted, restore, train_and_evaluate
 from cnnjax.train.lr_find import lr_find
 from cnnjax.train.optim import create_optimizer, create_schedule
 from cnnjax.train.step import TrainState, create_train_state, eval_step, train_step
+
+__all__ = ["Interrupted", "TrainState", "create_optimizer", "create_schedule", "create_train_state", "default_config",
+           "eval_step", "lr_find", "restore", "train_and_evaluate", "train_step", "validate"]

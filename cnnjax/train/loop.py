@@ -1,6 +1,5 @@
 """`train_and_evaluate(config, workdir)`: the whole run, resumable; `restore(workdir)` for what comes after."""
 import functools
-import json
 import math
 import os
 import signal

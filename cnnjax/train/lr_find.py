@@ -25,7 +25,6 @@ from tqdm import tqdm
 from cnnjax import data as data_lib
 from cnnjax.train import config as config_lib
 from cnnjax.train import loop
-from cnnjax.train import optim
 from cnnjax.train import sharding
 from cnnjax.train import step as step_lib
 
@@ -85,7 +84,7 @@ def lr_find(config: ml_collections.ConfigDict, workdir: str, *, steps: Optional[
   batches_per_epoch = loop.train_steps_per_epoch(config, splits)
 
   schedule = exponential_schedule(min_lr, max_lr, steps)
-  tx = optim.create_optimizer(config, schedule)
+  tx = loop.create_optimizer(config, model, schedule)
   mesh = sharding.data_mesh()
   replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   state = jax.device_put(step_lib.create_train_state(model, tx, loop.image_shape(config), config.seed),
