@@ -275,15 +275,19 @@ SOBEL_Y = SOBEL_X.T.copy()
 
 def sobel(gray):
   """(dx, dy, magnitude) of an (H, W) grayscale image, each (H, W): the two Sobel kernels as one
-  `jax.lax.conv_general_dilated` (a 2-output-channel convolution, 'SAME' zero padding), and sqrt(dx² + dy²)."""
+  `jax.lax.conv_general_dilated` (a 2-output-channel convolution) and sqrt(dx² + dy²).
+
+  The border is padded by repeating the edge pixels (not zeros, which would draw a false edge round the frame).
+  """
   import jax
   import jax.numpy as jnp
   gray = np.asarray(gray, np.float32)
   if gray.ndim != 2:
     raise ValueError(f"sobel needs one grayscale (H, W) image; got shape {gray.shape}")
   kernels = jnp.asarray(np.stack([SOBEL_X, SOBEL_Y], axis=-1)[:, :, None, :])  # HWIO: 1 in, 2 out
-  responses = jax.lax.conv_general_dilated(jnp.asarray(gray)[None, :, :, None], kernels, window_strides=(1, 1),
-                                           padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+  padded = jnp.asarray(np.pad(gray, 1, mode="edge"))[None, :, :, None]
+  responses = jax.lax.conv_general_dilated(padded, kernels, window_strides=(1, 1), padding="VALID",
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
   dx, dy = responses[..., 0], responses[..., 1]
   return np.asarray(dx), np.asarray(dy), np.asarray(jnp.sqrt(dx ** 2 + dy ** 2))
 

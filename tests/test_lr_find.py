@@ -1,82 +1,125 @@
-"""LR range test, the Sobel convolution demo, and the TensorBoard events of a run."""
+"""LR range test: the exponential sweep, the stopping rule, the suggestion rule, its outputs, train.py's flag."""
+import importlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
-from scipy import signal
 
-from cnnjax import viz
 from cnnjax.train import config as config_lib
-from cnnjax.train import loop
-from cnnjax.train.lr_find import lr_find, suggest
+from cnnjax.train import lr_find
+
+# The package exports the function under the module's name; the module itself is in sys.modules.
+lr_find_lib = importlib.import_module("cnnjax.train.lr_find")
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(image_folder, **overrides):
   config = config_lib.default_config()
-  config.update(dataset=f"folder:{image_folder}", num_classes=3, image_size=16, batch_size=8, eval_batch_size=8,
-                num_epochs=1, **overrides)
+  config.dataset = f"folder:{image_folder}"
+  config.num_classes = 3
+  config.image_size = 16
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  for key, value in overrides.items():
+    config[key] = value
   return config
 
 
-def test_lr_find_sweeps_exponentially_and_writes_its_plot_only(image_folder, tmp_path):
-  result = lr_find(tiny_config(image_folder), str(tmp_path), steps=30, min_lr=1e-5, max_lr=10.0)
+def test_sweep_is_exponential_and_writes_only_its_outputs(image_folder, tmp_path):
+  workdir = tmp_path / "run"
+  result = lr_find(tiny_config(image_folder), str(workdir), steps=30, min_lr=1e-5, max_lr=1.0)
   lrs = np.asarray(result["lrs"])
-  assert lrs[0] == pytest.approx(1e-5, rel=1e-5)
-  ratios = lrs[1:] / lrs[:-1]
-  np.testing.assert_allclose(ratios, (10.0 / 1e-5) ** (1 / 29), rtol=1e-4)  # exponential, min -> max in 30
-  assert len(lrs) == 30 or "diverged" in result["stopped"] or "loss became" in result["stopped"]
-  assert lrs[0] <= result["suggestion"] <= lrs[-1]
-  saved = json.loads((tmp_path / "lr_find.json").read_text())
-  assert saved["suggestion"] == result["suggestion"] and (tmp_path / "lr_find.png").stat().st_size > 1000
-  assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.json").exists()
+  assert 2 <= len(lrs) <= 30
+  # Step t of the sweep uses min * (max / min) ** (t / (steps - 1)): min at the first, max at the last step.
+  np.testing.assert_allclose(lrs, 1e-5 * (1.0 / 1e-5) ** (np.arange(len(lrs)) / 29), rtol=1e-5)
+  if len(lrs) == 30:
+    assert result["stopped"] == "completed" and lrs[-1] == pytest.approx(1.0, rel=1e-5)
+  else:
+    assert result["stopped"].startswith(("diverged", "loss became"))
+  assert 1e-5 <= result["suggestion"] <= 1.0 and result["suggestion"] in result["lrs"]
+  assert len(result["losses"]) == len(lrs) and all(np.isfinite(result["losses"]))
+
+  saved = json.loads((workdir / "lr_find.json").read_text())
+  assert saved["suggestion"] == result["suggestion"] and saved["lrs"] == result["lrs"]
+  assert (workdir / "lr_find.png").stat().st_size > 1000
+  # Not a training run: no checkpoints, no config.json (a later train.py run there starts fresh), no lock.
+  assert sorted(os.listdir(workdir)) == ["lr_find.json", "lr_find.png"]
+
+
+def test_sweep_stops_when_the_loss_diverges(image_folder, tmp_path):
+  config = tiny_config(image_folder, optimizer="sgd", momentum=0.0)
+  result = lr_find(config, str(tmp_path), steps=40, min_lr=1e-3, max_lr=1e7)
+  assert len(result["lrs"]) < 40, "plain SGD at lr 1e6 must blow the loss up before the sweep ends"
+  assert result["stopped"].startswith(("diverged", "loss became")), result["stopped"]
+  smoothed = np.asarray(result["smoothed_losses"])
+  if result["stopped"].startswith("diverged"):
+    assert smoothed[-1] > lr_find_lib.DIVERGENCE_FACTOR * smoothed[:-1].min()
+    assert np.all(smoothed[:-1] <= lr_find_lib.DIVERGENCE_FACTOR * np.minimum.accumulate(smoothed[:-1]))
+
+
+def test_smoothed_losses_are_the_bias_corrected_moving_average(image_folder, tmp_path):
+  result = lr_find(tiny_config(image_folder), str(tmp_path), steps=12, min_lr=1e-6, max_lr=1e-3)
+  beta, average = lr_find_lib.SMOOTHING, 0.0
+  for index, (loss, smoothed) in enumerate(zip(result["losses"], result["smoothed_losses"])):
+    average = beta * average + (1 - beta) * loss
+    assert smoothed == pytest.approx(average / (1 - beta ** (index + 1)), rel=1e-9)
+  assert result["smoothed_losses"][0] == pytest.approx(result["losses"][0])  # unbiased from the first step
 
 
 def test_suggestion_is_the_steepest_descent_before_the_minimum():
-  lrs = np.logspace(-6, 1, 50)
-  # A loss that falls fastest around 1e-3 (a tanh step in log10(lr)), bottoms out, then blows up.
-  log_lr = np.log10(lrs)
-  losses = 2.0 - np.tanh(2 * (log_lr + 3)) + np.where(log_lr > -0.5, 20 * (log_lr + 0.5) ** 2, 0)
-  assert suggest(lrs, losses) == pytest.approx(1e-3, rel=0.4)
+  lrs = np.logspace(-7, 1, 81)  # 10 points per decade
+  log_lrs = np.log10(lrs)
+  # Falls fastest at lr 1e-3, bottoms out at 1e-1, then rises steeply (that rise must be ignored).
+  losses = 2.0 - np.tanh(2 * (log_lrs + 3)) + 3.0 * np.maximum(log_lrs + 1, 0) ** 2
+  assert lr_find_lib.suggest(lrs, losses) == pytest.approx(1e-3, rel=1e-6)
+  # Too few points to differentiate: the lr of minimum loss / 10.
+  assert lr_find_lib.suggest([1e-4, 1e-3], [2.0, 1.0]) == pytest.approx(1e-4)
 
 
-def test_lr_find_rejects_a_bad_range(image_folder, tmp_path):
+def test_config_fields_validation_and_resume():
+  config = config_lib.default_config()
+  assert config.lr_find is False and config.lr_find_steps == 200
+  assert (config.lr_find_min, config.lr_find_max) == (1e-7, 10.0)
+  config.lr_find_min = 20.0
+  with pytest.raises(ValueError, match="lr_find_min < config.lr_find_max"):
+    config_lib.validate(config)
+  # A run saved before these fields existed (or with other LR-finder settings) still resumes.
+  saved = config_lib.default_config().to_dict()
+  for key in ("lr_find", "lr_find_steps", "lr_find_min", "lr_find_max"):
+    del saved[key]
+  current = config_lib.default_config()
+  current.lr_find_steps = 50
+  config_lib.check_resumable(saved, current.to_dict())
+
+
+def test_bad_arguments_say_what_to_fix(image_folder, tmp_path):
   with pytest.raises(ValueError, match="0 < min_lr < max_lr"):
-    lr_find(tiny_config(image_folder), str(tmp_path), steps=5, min_lr=1.0, max_lr=0.1)
+    lr_find(tiny_config(image_folder), str(tmp_path), min_lr=1.0, max_lr=0.1)
+  with pytest.raises(ValueError, match="at least 2 steps"):
+    lr_find(tiny_config(image_folder), str(tmp_path), steps=1)
 
 
-def test_sobel_is_the_2d_cross_correlation_with_the_sobel_kernels():
-  rng = np.random.default_rng(0)
-  gray = rng.random((9, 11)).astype(np.float32)
-  dx, dy, magnitude = viz.sobel(gray)
-  np.testing.assert_allclose(dx, signal.correlate2d(gray, viz.SOBEL_X, mode="same"), atol=1e-5)
-  np.testing.assert_allclose(dy, signal.correlate2d(gray, viz.SOBEL_Y, mode="same"), atol=1e-5)
-  np.testing.assert_allclose(magnitude, np.hypot(dx, dy), atol=1e-5)
-  # A vertical edge (dark left, bright right) answers in dx only, away from the zero-padded border.
-  edge = np.zeros((8, 8), np.float32)
-  edge[:, 4:] = 1.0
-  dx, dy, _ = viz.sobel(edge)
-  assert np.all(dx[1:-1, 3:5] == 4.0) and np.all(dy[1:-1, 1:-1] == 0.0)
-
-
-def test_convolution_demo_draws_sobel_and_a_models_first_layer(image_folder, tmp_path):
+def test_train_py_flag_runs_the_finder_instead_of_training(image_folder, tmp_path):
+  in_process = lr_find(tiny_config(image_folder), str(tmp_path / "api"), steps=30, min_lr=1e-5, max_lr=1.0)
   workdir = tmp_path / "run"
-  loop.train_and_evaluate(tiny_config(image_folder), str(workdir))
-  model, variables, config = loop.restore(str(workdir))
-  photo = image_folder / "red" / "0.png"
-  out = tmp_path / "demo.png"
-  viz.convolution_demo(photo, model=model, variables=variables, image_size=16,
-                       preprocess=loop.preprocess_settings(config), path=out)
-  assert out.stat().st_size > 5000
-
-  # TensorBoard: the run's event files hold the per-epoch scalars that metrics.jsonl holds.
-  from tensorboard.backend.event_processing import event_accumulator
-  events = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0, "scalars": 0})
-  events.Reload()
-  history = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
-  tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
-  for tag in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate"):
-    assert tag in tags, f"{tag} missing from TensorBoard events ({sorted(tags)})"
-    values = [float(np.asarray(__import__("tensorflow").make_ndarray(event.tensor_proto)))
-              for event in events.Tensors(tag)] if tag in events.Tags()["tensors"] else \
-             [event.value for event in events.Scalars(tag)]
-    assert values[-1] == pytest.approx(history[tag], rel=1e-5)
+  # The same sweep, so the child reuses the programs this process compiled (conftest's cache directory).
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  completed = subprocess.run(
+      [sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(workdir),
+       f"--config.dataset=folder:{image_folder}", "--config.num_classes=3", "--config.image_size=16",
+       "--config.batch_size=8", "--config.lr_find=True", "--config.lr_find_steps=30",
+       "--config.lr_find_min=1e-5", "--config.lr_find_max=1.0"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+  assert completed.returncode == 0, completed.stderr[-2000:]
+  assert f"suggested learning rate {in_process['suggestion']:.3g}" in completed.stdout
+  assert f"--config.schedule=onecycle --config.learning_rate={in_process['suggestion']:.3g}" in completed.stdout
+  assert sorted(os.listdir(workdir)) == ["lr_find.json", "lr_find.png"]
+  from_cli = json.loads((workdir / "lr_find.json").read_text())
+  np.testing.assert_allclose(from_cli["losses"], in_process["losses"], rtol=1e-5)
