@@ -42,3 +42,14 @@ def image_folder(tmp_path_factory) -> Path:
       pixels[..., 2 - label] += 120
       Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{index}.png")
   return root
+
+
+def tiny_config(image_folder, **overrides):
+  """The default config on the `image_folder` data: 3 classes at 16x16, batches of 8 (divisible by the 4
+  devices), then `overrides`."""
+  from cnnjax.train import config as config_lib
+  config = config_lib.default_config()
+  config.update(dataset=f"folder:{image_folder}", num_classes=3, image_size=16, batch_size=8, eval_batch_size=8)
+  for key, value in overrides.items():
+    config[key] = value
+  return config

@@ -12,6 +12,7 @@ import pytest
 
 from cnnjax.train import config as config_lib
 from cnnjax.train import lr_find
+from conftest import tiny_config
 
 # The package exports the function under the module's name; the module itself is in sys.modules.
 lr_find_lib = importlib.import_module("cnnjax.train.lr_find")
@@ -19,16 +20,6 @@ lr_find_lib = importlib.import_module("cnnjax.train.lr_find")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(image_folder, **overrides):
-  config = config_lib.default_config()
-  config.dataset = f"folder:{image_folder}"
-  config.num_classes = 3
-  config.image_size = 16
-  config.batch_size = 8
-  config.eval_batch_size = 8
-  for key, value in overrides.items():
-    config[key] = value
-  return config
 
 
 def test_sweep_is_exponential_and_writes_only_its_outputs(image_folder, tmp_path):

@@ -21,23 +21,13 @@ from cnnjax.train import loop
 from cnnjax.train import optim
 from cnnjax.train import sharding
 from cnnjax.train import step as step_lib
+import conftest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(image_folder, **overrides):
-  config = config_lib.default_config()
-  config.model = "simple_cnn"
-  config.dataset = f"folder:{image_folder}"
-  config.num_classes = 3
-  config.image_size = 16
-  config.batch_size = 8
-  config.eval_batch_size = 8
-  config.num_epochs = 2
-  config.validation_split = 0.25
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+  return conftest.tiny_config(image_folder, **{"num_epochs": 2, "validation_split": 0.25, **overrides})
 
 
 # --- schedules -------------------------------------------------------------------------------------------

@@ -9,22 +9,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cnnjax.train import config as config_lib
 from cnnjax.train import loop
+from conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 KILL_POINTS = 5
 
 
-def tiny_config(image_folder):
-  config = config_lib.default_config()
-  config.update(dataset=f"folder:{image_folder}", num_classes=3, image_size=16, batch_size=8, eval_batch_size=8,
-                num_epochs=3, checkpoint_every_steps=1)
-  return config
-
-
 def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(image_folder, tmp_path):
-  config = tiny_config(image_folder)
+  config = tiny_config(image_folder, num_epochs=3, checkpoint_every_steps=1)
   loop.train_and_evaluate(config, str(tmp_path / "reference"))
 
   workdir = tmp_path / "killed"
