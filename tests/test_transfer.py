@@ -118,6 +118,31 @@ def test_frozen_params_and_bn_stats_stay_bit_identical(image_folder, freeze):
     assert changed(before, after, layer) == (layer not in frozen), layer
 
 
+def test_frozen_batch_norm_normalises_with_moving_statistics_while_training():
+  """Keras semantics for a non-trainable BatchNormalization: train=True, yet the output is the inference one."""
+  from cnnjax.models import layers
+  model = models.create("simple_cnn_bn", num_classes=3)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (4, SIZE, SIZE, 3))
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  # Moving statistics far from the batch's, so batch and moving normalisation differ visibly.
+  variables = {"params": variables["params"],
+               "batch_stats": jax.tree.map(lambda s: s + 3.0, variables["batch_stats"])}
+  bn_layers = list(variables["batch_stats"])
+
+  def features(frozen):
+    with layers.frozen_batch_norm(frozen):
+      return model.apply(variables, images, train=True, mutable=["batch_stats"],
+                         rngs={"dropout": jax.random.PRNGKey(2)},
+                         capture_intermediates=lambda module, _: module.name == "batch_normalization")
+  (_, trained), (_, frozen) = features(()), features(bn_layers)
+  inference = model.apply(variables, images, train=False,
+                          capture_intermediates=lambda module, _: module.name == "batch_normalization")[1]
+  output = lambda state: state["intermediates"]["batch_normalization"]["__call__"][0]
+  np.testing.assert_allclose(output(frozen), output(inference), rtol=1e-6)
+  assert np.max(np.abs(output(trained) - output(inference))) > 0.1
+  assert jax.tree.all(jax.tree.map(np.array_equal, frozen["batch_stats"], variables["batch_stats"]))
+
+
 def test_freeze_regex_that_matches_nothing_says_so(image_folder):
   config = tiny_config(image_folder, freeze="block.*")
   with pytest.raises(ValueError, match="matches none"):

@@ -26,6 +26,7 @@ ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "tanh", "sigmoid", "linear"
 BACKPROP_MODIFIERS = (None, "guided", "relu")
 
 _backprop_modifier = contextvars.ContextVar("cnnjax_backprop_modifier", default=None)
+_frozen_batch_norms = contextvars.ContextVar("cnnjax_frozen_batch_norms", default=frozenset())
 
 
 @contextlib.contextmanager
@@ -44,6 +45,26 @@ def backprop_modifier(modifier: Optional[str]):
     yield
   finally:
     _backprop_modifier.reset(token)
+
+
+@contextlib.contextmanager
+def frozen_batch_norm(names: Sequence[str]):
+  """Within this context, the BatchNorm layers called `names` normalise with their moving statistics even when
+  the model is applied with train=True, as Keras runs a layer with `trainable = False` (since Keras 2.1.3).
+
+  Fine-tuning needs this: a frozen backbone normalising with the statistics of small new-domain batches feeds
+  the head features unlike those it will see at inference. Like `backprop_modifier`, it acts while tracing.
+  """
+  token = _frozen_batch_norms.set(frozenset(names))
+  try:
+    yield
+  finally:
+    _frozen_batch_norms.reset(token)
+
+
+def uses_moving_statistics(train: bool, name: str) -> bool:
+  """Whether the BatchNorm layer `name` normalises with its moving statistics (see `frozen_batch_norm`)."""
+  return not train or name in _frozen_batch_norms.get()
 
 
 def _clipped_relu(x, cap):
@@ -244,9 +265,10 @@ def batch_norm(train: bool, *, name: str, epsilon: float = 1e-3, axis_name: Opti
   Parameters are `params/<name>/{scale,bias}`, statistics `batch_stats/<name>/{mean,var}`. With `axis_name`,
   training statistics are averaged over that mapped axis (synchronous BatchNorm under `pmap`); under `jit`
   with a sharded batch the mean is already global. Parameters and statistics stay float32 under bfloat16.
+  Layers named in an enclosing `frozen_batch_norm` always use the moving statistics.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=epsilon, axis_name=axis_name,
-                      dtype=dtype, param_dtype=jnp.float32, name=name)
+  return nn.BatchNorm(use_running_average=uses_moving_statistics(train, name), momentum=0.99, epsilon=epsilon,
+                      axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def dropout(rate: float, train: bool, *, name: Optional[str] = None) -> nn.Dropout:

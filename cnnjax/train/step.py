@@ -16,6 +16,7 @@ import optax
 from jax import lax
 
 from cnnjax import data as data_lib
+from cnnjax.models import layers
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -61,7 +62,8 @@ def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, 
                frozen: Sequence[str] = ()):
   """One optimizer step on `batch` = {'images': uint8 NHWC, 'labels': int}; returns (state, metrics).
 
-  BatchNorm statistics of the `frozen` layers keep their values (their params are frozen by the optimizer).
+  BatchNorm layers among the `frozen` ones normalise with their moving statistics, which stay fixed, as Keras
+  runs a non-trainable BatchNormalization (their params are frozen by the optimizer).
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:
@@ -71,14 +73,13 @@ def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, 
   images = prepare_images(batch["images"], preprocess, augment, augment_rng)
 
   def loss_fn(params):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                                  mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+    with layers.frozen_batch_norm(frozen):
+      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                                    mutable=["batch_stats"], rngs={"dropout": dropout_rng})
     loss = cross_entropy(logits, batch["labels"], num_classes, label_smoothing).mean()
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  batch_stats = {layer: state.batch_stats[layer] if layer in frozen else stats
-                 for layer, stats in batch_stats.items()}
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
   if axis_name is not None:
     grads = lax.pmean(grads, axis_name)

@@ -7,8 +7,8 @@
 - `config.freeze` (regex, `re.fullmatch` on layer names) / `config.freeze_first` (first N layers in forward
   order, as `cnnjax.explain.layer_names` lists them; Keras's `model.layers[:N]` also counts the InputLayer, so
   it is cnnjax's N - 1): frozen parameters get zero updates (`optax.multi_transform` + `set_to_zero`) and
-  frozen BatchNorm moving statistics are kept. Frozen BatchNorm still normalises with the batch's statistics
-  while training (Keras before 2.1.3, PyTorch's default), since the zoo's layers take one `train` flag.
+  frozen BatchNorm layers normalise with their fixed moving statistics while training, as Keras (2.1.3 and
+  later) runs a non-trainable BatchNormalization (`cnnjax.models.layers.frozen_batch_norm`).
 - `config.phases`: runs one after another in `<workdir>/phase1`, `phase2`, ...; each phase is the config updated
   with its overrides, and every phase after the first starts from the weights `restore` gives for the previous.
 - `config.bottleneck.layer`: the backbone runs once over the data (`bottleneck_features`, cached as .npy under
