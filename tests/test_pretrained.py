@@ -1,7 +1,8 @@
 """cnnjax.pretrained against the frameworks the weights come from.
 
-Keras 3 (JAX backend) runs the same files; torch is not installed, so torchvision layouts are checked against
-hand-written NCHW forwards (jax.lax, PyTorch's layouts and semantics) of random-weight state dicts.
+Keras 3 (JAX backend) runs the same files. torchvision layouts are also checked here against hand-written NCHW
+forwards (jax.lax, PyTorch's layouts and semantics) of random-weight `.npz` state dicts, which need no torch;
+test_pretrained_torch.py compares with PyTorch itself.
 """
 import os
 import shutil
