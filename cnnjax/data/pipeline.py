@@ -2,7 +2,9 @@
 
 `load` decodes a dataset once and carves a stratified validation split from its training images (for every
 dataset, CIFAR-10 included: its test split stays untouched, so `validation_split` means the same everywhere
-and matches Keras `validation_split`-style experiments on the shared zips, which hold no test split).
+and matches Keras `validation_split`-style experiments on the shared zips, which hold no test split). The
+exception is celeb_a, whose official train/validation/test partition keeps each person in one split only:
+carving validation images out of its train split would put the same faces on both sides.
 
 `batches` is a pure function of (seed, epoch, start_batch): a training epoch is one seeded permutation,
 so resuming at batch k of epoch e replays exactly what an uninterrupted run would have seen, and every
@@ -32,6 +34,7 @@ class Splits:
   validation: Optional[ImageSet]  # None when validation_split == 0
   class_names: List[str]
   skipped: int  # files that failed to decode
+  test: Optional[ImageSet] = None  # only for datasets with their own test split (celeb_a)
 
 
 def load(dataset: str, *, image_size: int, channels: int = 3, validation_split: float = 0.1, seed: int = 0,
@@ -40,8 +43,10 @@ def load(dataset: str, *, image_size: int, channels: int = 3, validation_split: 
   """Decodes `dataset` to uint8 and splits off a stratified validation set fixed by `seed`.
 
   Args:
-    dataset: 'cifar10', 'cats_vs_dogs' (tfds, from `data_dir`) or 'folder:PATH' with PATH a directory or a
-      .zip in Keras flow_from_directory layout (one subfolder per class).
+    dataset: 'cifar10', 'cats_vs_dogs' (tfds, from `data_dir`), 'celeb_a:ATTRIBUTE' (tfds celeb_a, faces
+      cropped, labelled by one binary attribute such as 'Smiling', with celeb_a's own validation and test
+      splits: validation_split and seed do not apply) or 'folder:PATH' with PATH a directory or a .zip in
+      Keras flow_from_directory layout (one subfolder per class).
     image_size: images are resized (bilinear, aspect not kept, as Keras `target_size`) to this square size.
     channels: 3 (RGB) or 1 (grayscale); any source format (grayscale, RGBA, 16-bit) is converted.
     validation_split: fraction in [0, 1) of each class moved to validation, taken from the training split.
@@ -60,6 +65,10 @@ def load(dataset: str, *, image_size: int, channels: int = 3, validation_split: 
   if limit_per_class is not None and (not isinstance(limit_per_class, (int, np.integer)) or limit_per_class < 1):
     raise ValueError(f"limit_per_class must be a positive int or None, got {limit_per_class!r}")
   options = dict(image_size=int(image_size), channels=channels, limit_per_class=limit_per_class)
+  if isinstance(dataset, str) and dataset.startswith(sources.CELEB_A_PREFIX):
+    parts = sources.load_celeb_a(dataset[len(sources.CELEB_A_PREFIX):], data_dir=data_dir, **options)
+    train, validation, test = (ImageSet(parts[name].images, parts[name].labels) for name in sources.CELEB_A_SPLITS)
+    return Splits(train=train, validation=validation, class_names=parts["train"].class_names, skipped=0, test=test)
   if dataset in sources.TFDS_DATASETS:
     decoded = sources.load_tfds(dataset, data_dir=data_dir, **options)
   elif isinstance(dataset, str) and dataset.startswith(sources.FOLDER_PREFIX):

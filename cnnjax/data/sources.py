@@ -2,7 +2,8 @@
 
 Every source returns a `Decoded`: all images of the source's training split at `image_size` x `image_size`,
 uint8, with int32 labels and the class names in label order. Datasets here are small (CIFAR-10 is 150 MB of
-uint8 at 32 px), so holding them in memory makes iteration a permutation and resume exact.
+uint8 at 32 px), so holding them in memory makes iteration a permutation and resume exact. celeb_a returns a
+`Decoded` per split, since it comes with its own validation and test splits.
 
 Folder/zip layout is Keras `flow_from_directory`: one subfolder per class, class names sorted alphabetically
 give the label order. The class level is the first path component below the deepest folder shared by every
@@ -22,7 +23,7 @@ import posixpath
 import tempfile
 import time
 import zipfile
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -31,6 +32,11 @@ from PIL import Image
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
 TFDS_DATASETS = ("cifar10", "cats_vs_dogs")
 FOLDER_PREFIX = "folder:"
+CELEB_A_PREFIX = "celeb_a:"  # then one of the 40 binary attributes, e.g. 'celeb_a:Smiling'
+CELEB_A_SPLITS = ("train", "validation", "test")
+# celeb_a's aligned faces are 218x178 (H x W) with the eyes at a fixed height; the centred 148x148 square keeps
+# the face from the eyebrows to the chin, mouth included (the crop of the common CelebA-64 setups).
+CELEB_A_FACE_CROP = 148
 # Below this many files a process pool costs more to start than it saves.
 _MIN_FILES_FOR_POOL = 4096
 _CACHE_FORMAT = 1
@@ -47,7 +53,8 @@ class Decoded:
 
 
 def describe_valid_datasets() -> str:
-  return ", ".join(repr(name) for name in TFDS_DATASETS) + ", or 'folder:PATH' (a directory or a .zip)"
+  return (", ".join(repr(name) for name in TFDS_DATASETS) + ", 'celeb_a:ATTRIBUTE' (e.g. 'celeb_a:Smiling'), "
+          "or 'folder:PATH' (a directory or a .zip)")
 
 
 def to_array(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
@@ -243,18 +250,26 @@ def _decode_folder(path, names, image_size, channels, limit_per_class) -> Decode
   return Decoded(images[decoded], labels[decoded], class_names, skipped=int(np.sum(~decoded)))
 
 
-def load_tfds(name: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
-              data_dir: Optional[str] = None) -> Decoded:
-  """The 'train' split of a tfds dataset (the only split cats_vs_dogs has; CIFAR-10's test split is not used)."""
+def _tfds_load(name: str, split: str, data_dir: Optional[str], **options):
+  """tfds.load(name, split) -> (dataset, info), every tfds failure turned into a one-line ValueError."""
   import tensorflow_datasets as tfds  # heavy: imported only when a tfds dataset is asked for
 
   try:
-    dataset, info = tfds.load(name, split="train", data_dir=data_dir, with_info=True, shuffle_files=False)
+    return tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False, **options)
   except Exception as error:  # tfds fails in many ways (offline, missing extras, partial download): name the fix
     reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    local = {"cifar10": "cifar10_jpeg", "cats_vs_dogs": "cats_vs_dogs"}.get(name)
+    fallback = f", or use 'folder:PATH' with a local copy (e.g. shared/data/{local}/train.zip)" if local else ""
     raise ValueError(f"tfds could not load {name!r} from data_dir={data_dir!r} ({type(error).__name__}: {reason}); "
-                     f"prepare it there with internet access, or use 'folder:PATH' with a local copy (e.g. "
-                     f"shared/data/{'cifar10_jpeg' if name == 'cifar10' else name}/train.zip)") from error
+                     f"prepare it there with internet access{fallback}") from error
+
+
+def load_tfds(name: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
+              data_dir: Optional[str] = None) -> Decoded:
+  """The 'train' split of a tfds dataset (the only split cats_vs_dogs has; CIFAR-10's test split is not used)."""
+  import tensorflow_datasets as tfds
+
+  dataset, info = _tfds_load(name, "train", data_dir)
   class_names = list(info.features["label"].names)
   images, labels = [], []
   counts = np.zeros(len(class_names), int)
@@ -268,3 +283,51 @@ def load_tfds(name: str, *, image_size: int, channels: int, limit_per_class: Opt
                            image_size, channels))
     labels.append(label)
   return Decoded(np.stack(images), np.array(labels, np.int32), class_names, skipped=0)
+
+
+def celeb_a_class_names(attribute: str) -> List[str]:
+  """Label 0 and 1 of a celeb_a attribute: 'Smiling' -> ['not smiling', 'smiling']."""
+  name = attribute.replace("_", " ").lower()
+  return [f"not {name}", name]
+
+
+def face_crop(image: Image.Image, side: int = CELEB_A_FACE_CROP) -> Image.Image:
+  """The centred `side` x `side` square of an aligned celeb_a face (smaller images: their centred square)."""
+  side = min(side, *image.size)
+  left, top = (image.width - side) // 2, (image.height - side) // 2
+  return image.crop((left, top, left + side, top + side))
+
+
+def load_celeb_a(attribute: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
+                 data_dir: Optional[str] = None) -> Dict[str, Decoded]:
+  """celeb_a's train, validation and test splits, faces cropped (`face_crop`) and resized to `image_size`,
+  labelled 1 where `attribute` (one of its 40 binary attributes, e.g. 'Smiling') holds, else 0.
+
+  limit_per_class keeps the first N images of each class in every split. JPEGs are decoded only for the images
+  kept, so a limited run reads the records but does not decode all 200,000 faces.
+  """
+  import tensorflow_datasets as tfds
+
+  attributes = sorted(tfds.builder("celeb_a", data_dir=data_dir).info.features["attributes"].keys())
+  if attribute not in attributes:
+    raise ValueError(f"celeb_a has no attribute {attribute!r}; use 'celeb_a:ATTRIBUTE' with one of "
+                     f"{', '.join(attributes)}")
+  class_names = celeb_a_class_names(attribute)
+  decoded = {}
+  for split in CELEB_A_SPLITS:
+    # Undecoded JPEG bytes: tf would otherwise decode every face, including those limit_per_class skips.
+    dataset, _ = _tfds_load("celeb_a", split, data_dir, decoders={"image": tfds.decode.SkipDecoding()})
+    images, labels = [], []
+    counts = np.zeros(2, int)
+    for example in tfds.as_numpy(dataset):
+      label = int(example["attributes"][attribute])
+      if limit_per_class is not None and counts[label] >= limit_per_class:
+        continue
+      counts[label] += 1
+      with Image.open(io.BytesIO(example["image"])) as image:
+        images.append(to_array(face_crop(image), image_size, channels))
+      labels.append(label)
+    if not images:
+      raise ValueError(f"celeb_a's {split} split is empty in data_dir={data_dir!r}; prepare the dataset again")
+    decoded[split] = Decoded(np.stack(images), np.array(labels, np.int32), class_names, skipped=0)
+  return decoded

@@ -1,4 +1,5 @@
-"""Evaluation over a whole split: loss, accuracy, per-class precision/recall/F1 and the confusion matrix."""
+"""Evaluation over a whole split: loss, accuracy, per-class precision/recall/F1 and the confusion matrix; for
+binary tasks also the positive class's precision, recall and F1 at the top level."""
 from typing import Dict, Optional, Sequence
 
 import jax
@@ -26,7 +27,12 @@ def evaluate(eval_step, variables, images: data_lib.ImageSet, batch_size: int, b
 
 
 def classification_report(confusion: np.ndarray, class_names: Sequence[str]) -> Dict:
-  """Per-class precision, recall and F1 from a confusion matrix (rows: true class, columns: predicted)."""
+  """Per-class precision, recall and F1 from a confusion matrix (rows: true class, columns: predicted).
+
+  With two classes, class 1 is the positive class (e.g. 'smiling'): its precision, recall and F1 are also
+  given at the top level, as binary classifiers are usually reported.
+  """
+  confusion = np.asarray(confusion, np.float64)  # counts may come as ints; the ratios below need floats
   true_positives = np.diag(confusion)
   predicted = confusion.sum(axis=0)
   actual = confusion.sum(axis=1)
@@ -36,5 +42,9 @@ def classification_report(confusion: np.ndarray, class_names: Sequence[str]) -> 
   f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
   per_class = {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                for name, p, r, f, s in zip(class_names, precision, recall, f1, actual)}
-  return {"per_class": per_class, "macro_f1": float(f1.mean()),
-          "confusion_matrix": confusion.astype(int).tolist(), "class_names": list(class_names)}
+  report = {"per_class": per_class, "macro_f1": float(f1.mean()),
+            "confusion_matrix": confusion.astype(int).tolist(), "class_names": list(class_names)}
+  if len(class_names) == 2:
+    report.update(positive_class=class_names[1], **{key: per_class[class_names[1]][key]
+                                                    for key in ("precision", "recall", "f1")})
+  return report
