@@ -15,6 +15,7 @@ AUGMENT_FIELDS = ("horizontal_flip", "rotation", "width_shift", "height_shift", 
 # Fields a rerun may change on an existing workdir: a larger num_epochs continues a finished run
 # (Keras's initial_epoch); the others change no numbers.
 RESUMABLE_CHANGES = ("num_epochs", "eval_batch_size", "data_dir", "keep_checkpoints", "checkpoint_every_steps",
+                     "tensorboard_explain_images",
                      # The LR finder is not a training run: its settings never change what training computes.
                      "lr_find", "lr_find_steps", "lr_find_min", "lr_find_max")
 # Added by the training loop to the saved config; not user settings.
@@ -31,11 +32,13 @@ def default_config() -> ml_collections.ConfigDict:
   config.image_size = 32
   config.channels = 3
 
-  # Data: 'cifar10', 'cats_vs_dogs' (tfds) or 'folder:PATH' (a directory or .zip, one subfolder per class).
+  # Data: 'cifar10', 'cats_vs_dogs' (tfds), 'celeb_a:ATTRIBUTE' (tfds celeb_a faces labelled by one binary
+  # attribute, e.g. 'celeb_a:Smiling', with its own validation and test splits) or 'folder:PATH' (a directory or
+  # .zip, one subfolder per class).
   config.dataset = "cifar10"
   config.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default
   config.limit_per_class = config_dict.placeholder(int)  # use only the first N images of each class
-  config.validation_split = 0.1  # a fixed, stratified share of the training split
+  config.validation_split = 0.1  # a fixed, stratified share of the training split (not used by celeb_a)
   # rescale | mean_std | caffe | tf | torch (cnnjax.data.preprocess); auto: the pretrained source's
   # convention (cnnjax.pretrained.preprocessing_for), else rescale. Saved runs record the concrete mode.
   config.preprocess = "auto"
@@ -68,6 +71,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0  # also save mid-epoch every N steps (0: at the end of each epoch only)
   config.nonfinite = "stop"  # a NaN/inf loss: 'stop' with the step number, or 'skip' the update
   config.seed = 0
+  # TensorBoard (events in the workdir) gets the scalars of every epoch and the config as hparams; N > 0 also
+  # writes Grad-CAM overlays of the first N validation images (predicted class) each epoch.
+  config.tensorboard_explain_images = 0
 
   # Transfer learning (cnnjax/train/transfer.py). pretrained: a weight file, 'keras:mobilenet|vgg16|resnet50'
   # (the official Keras notop file, cached in ~/.cache/cnnjax/weights) or a train.py workdir; layers whose
@@ -139,6 +145,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 < config.lr_find_min < config.lr_find_max:
     _fail(f"the LR finder needs 0 < config.lr_find_min < config.lr_find_max, got {config.lr_find_min} and "
           f"{config.lr_find_max}")
+  if config.tensorboard_explain_images < 0:
+    _fail(f"config.tensorboard_explain_images must be >= 0, got {config.tensorboard_explain_images}")
   if config.freeze_first < 0:
     _fail(f"config.freeze_first must be >= 0, got {config.freeze_first}")
   try:

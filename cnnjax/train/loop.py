@@ -10,10 +10,12 @@ from typing import Dict, List, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from tqdm import tqdm
 
 from cnnjax import data as data_lib
+from cnnjax import explain
 from cnnjax import models
 from cnnjax.train import checkpoint as checkpoint_lib
 from cnnjax.train import config as config_lib
@@ -67,6 +69,15 @@ class _RunningMean:
 
   def means(self) -> Dict:
     return {key: value / max(self.count, 1) for key, value in self.sums.items()}
+
+
+def _gradcam_overlays(model, variables, images, preprocess: Dict):
+  """(N, H, W, 3) floats in [0, 1]: each uint8 image with its Grad-CAM map for the predicted class over it."""
+  from cnnjax import viz  # imports matplotlib: only runs that ask for overlays need it
+  inputs = data_lib.preprocess(jnp.asarray(images, jnp.float32), **preprocess)
+  targets = jnp.argmax(model.apply(variables, inputs, train=False), axis=-1)
+  maps = jax.device_get(explain.gradcam(model, variables, inputs, targets))
+  return np.stack([viz.overlay_array(image, heatmap) for image, heatmap in zip(images, maps)])
 
 
 def _check_finite(metrics: Dict, step: int) -> None:
@@ -183,9 +194,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
   from clu import metric_writers  # imports TensorFlow (seconds): only runs that train need it
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
   if not history and partial is None:
-    writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
+    # clu flattens nested fields to dotted names ('augment.rotation'); class names are data, not settings.
+    writer.write_hparams({k: v for k, v in config.to_dict().items() if k not in config_lib.DERIVED_FIELDS})
   monitor = config.early_stopping.monitor
   validation = splits.validation if splits.validation is not None and len(splits.validation) else None
+  explained = (validation if validation is not None else splits.train).images[:config.tensorboard_explain_images]
   with _StopRequests() as stop:
     for epoch in range(len(history), config.num_epochs):
       best, since_best = _best_value(history, monitor)
@@ -213,9 +226,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
       history.append(record)
       is_best = validation is None or _is_better(monitor, record.get(monitor, math.nan), best)
       checkpoints.save(state, {"history": history}, is_best=is_best)
+      # Every process computes the overlays: the variables may be sharded across hosts.
+      overlays = (_gradcam_overlays(model, state.variables, explained, preprocess_settings(config))
+                  if len(explained) else None)
       if is_writer:
         workdir_lib.write_history(workdir, history)
         writer.write_scalars(int(state.step), {k: v for k, v in record.items() if k not in ("epoch", "step")})
+        if overlays is not None:
+          writer.write_images(int(state.step), {"gradcam": overlays})
         writer.flush()
       print(_epoch_line(record, config.num_epochs))
       stop.raise_if_requested(int(state.step))
@@ -224,10 +242,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
   checkpoints.close()
   writer.close()
   final_state = best_restored[0] if best_restored else state
-  eval_split = validation if validation is not None else splits.train
+  # A dataset's own test split (celeb_a) reports the weights validation chose; otherwise the validation split.
+  split_name, eval_split = (("test", splits.test) if splits.test is not None else
+                            ("validation", validation) if validation is not None else
+                            ("train (no validation split)", splits.train))
   results = evaluation.evaluate(eval_step, final_state.variables, eval_split, config.eval_batch_size,
                                 batch_sharding, class_names=splits.class_names)
-  results["split"] = "validation" if validation is not None else "train (no validation split)"
+  results["split"] = split_name
   results["epoch"] = best_restored[1]["history"][-1]["epoch"] if best_restored else None
   if is_writer:
     workdir_lib.write_outputs(workdir, history, results, splits.class_names)
