@@ -138,6 +138,16 @@ def test_resnet50_has_the_keras_layers():
   assert set(params["conv1_bn"]) == {"scale", "bias"}
 
 
+def test_resnet50_flatten_dropout_head_of_the_transfer_tutorial():
+  """ResNet50 notop (23,587,712 Keras params) + Flatten + Dropout(0.2) + Dense(10) on a 2x2 map (64 px)."""
+  model = models.create("resnet50", num_classes=10, head="flatten", dropout=0.2)
+  outputs = layer_outputs(model, 64)
+  assert outputs["flatten"] == (1, 8192) and outputs["dropout"] == (1, 8192) and "avg_pool" not in outputs
+  assert keras_count(model, 64) == 23_587_712 + 8192 * 10 + 10
+  with pytest.raises(ValueError, match="head='top'"):
+    models.create("resnet20", num_classes=10, head="top").init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
 def test_stride_on_3x3_moves_the_downsampling_to_the_3x3_conv():
   outputs = layer_outputs(models.create("resnet50", num_classes=10, stride_on_3x3=True), 64)
   assert outputs["conv3_block1_1_conv"] == (1, 16, 16, 128)

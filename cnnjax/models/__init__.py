@@ -34,7 +34,7 @@ def _registry() -> Dict[str, _Entry]:
   entries.update({f"vgg{depth}": _Entry(vgg.VGG, {"depth": depth}, _SEQUENTIAL) for depth in vgg.CONVS_PER_BLOCK})
   for name, architecture in resnet.ARCHITECTURES.items():
     v1_5 = ("stride_on_3x3",) if architecture["block"] == "bottleneck" else ()
-    entries[name] = _Entry(resnet.ResNet, architecture, ("activation",) + v1_5 + _COMMON)
+    entries[name] = _Entry(resnet.ResNet, architecture, ("activation", "head", "dropout") + v1_5 + _COMMON)
   entries["mobilenet"] = _Entry(mobilenet.MobileNet, {}, ("alpha", "dropout", "activation") + _COMMON)
   return entries
 

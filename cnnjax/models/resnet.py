@@ -76,6 +76,8 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1.001e-5
   stride_on_3x3: bool = False
   activation: str = "relu"
+  head: str = "gap"  # 'gap' (Keras's avg_pool) or 'flatten' (the transfer tutorials' Flatten - Dropout - Dense)
+  dropout: float = 0.0  # before `predictions`
   axis_name: Optional[str] = None
   dtype: Any = None
 
@@ -111,7 +113,8 @@ class ResNet(nn.Module):
         x = residual_block(x, f"conv{stage + 2}_block{index + 1}", width, 2 if stage and not index else 1,
                            block=self.block, shortcut=self.shortcut, stride_on_3x3=self.stride_on_3x3,
                            conv=conv, norm=norm, act=act)
-    x = layers.GlobalAveragePool(name="avg_pool")(x)
+    x = layers.GlobalAveragePool(name="avg_pool")(x) if self.head == "gap" else layers.Flatten(name="flatten")(x)
+    x = layers.dropout(self.dropout, train, name="dropout")(x)
     return layers.Dense(self.num_classes, dtype=dtype, name="predictions")(x).astype(jnp.float32)
 
 
