@@ -1,14 +1,18 @@
-"""Explain a trained model's predictions on image files.
+"""Explain a trained or imported model's predictions on image files, or on a local web page.
 
   python explain.py --workdir runs/simple_cnn --images a.jpg b.png \
       --methods saliency,guided,relu,gradcam,guided_gradcam --target top1 --out runs/simple_cnn/explain
   python explain.py --workdir RUN --images a.jpg --methods activations --layer conv2d_1
   python explain.py --workdir RUN --images a.jpg --methods maximize --target cat
   python explain.py --workdir RUN --images a.jpg --methods saliency,gradcam,deletion   # + deletion.json AUCs
+  python explain.py --weights ../shared/weights/mobilenet/mobilenet_2_5_224_tf.h5 --images a.jpg --target "tiger cat"
+  python explain.py --serve --workdir RUN            # prints http://127.0.0.1:PORT/; --images to offer photos
 
-Loads the best checkpoint and the config of a train.py workdir, preprocesses the images as that model was
-trained, prints the top-5 predictions and writes one figure per image (input | saliency | guided | rectified |
-Grad-CAM | guided Grad-CAM). All images go through each explainer in one jitted batched call.
+Loads the best checkpoint and the config of a train.py workdir (or a weight file through cnnjax.pretrained.load,
+with ImageNet class names for 1000-class models), preprocesses the images as that model was trained, prints the
+top-5 predictions and writes one figure per image (input | saliency | guided | rectified | Grad-CAM | guided
+Grad-CAM). All images go through each explainer in one jitted batched call. --serve instead starts a page where
+one picks a photo (--images, else shared/data/photos) or uploads one, then a class and a Grad-CAM layer.
 """
 import os
 import sys
@@ -16,15 +20,21 @@ import sys
 from absl import app, flags, logging
 
 flags.DEFINE_string("workdir", None, "A train.py workdir (its best checkpoint and config are used).")
-flags.DEFINE_list("images", [], "Image files to explain.")
+flags.DEFINE_string("weights", None, "Instead of --workdir: a weight file cnnjax.pretrained.load reads (Keras .h5, "
+                    "PyTorch .npz/.pth).")
+flags.DEFINE_integer("image_size", None, "Input side for --weights (default: 32 for CIFAR ResNets and full Keras "
+                     "models, else 224).")
+flags.DEFINE_list("images", [], "Image files to explain (with --serve: the photos offered on the page).")
 flags.DEFINE_string("methods", "saliency,guided,relu,gradcam,guided_gradcam",
                     "Comma-separated: saliency, guided, relu, smoothgrad, integrated_gradients, gradcam, gradcam++, "
                     "guided_gradcam, activations, maximize, deletion.")
 flags.DEFINE_string("layer", None, "Layer for Grad-CAM / activations (Keras-style name); default: the last "
                     "spatial feature map.")
 flags.DEFINE_string("target", "top1", "top1 (each image's prediction), a class index or a class name.")
-flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/explain).")
-flags.mark_flags_as_required(["workdir"])
+flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/explain; ./explain with --weights).")
+flags.DEFINE_bool("serve", False, "Serve the explanation web page instead of writing figures.")
+flags.DEFINE_string("host", "127.0.0.1", "Address the page is served on (--serve).")
+flags.DEFINE_integer("port", 8000, "Port of the page (--serve); 0 picks a free one.")
 
 
 def main(argv):
@@ -32,15 +42,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from cnnjax.explain import report
-  from cnnjax.train import loop
+  from cnnjax.explain import report, serve
   FLAGS = flags.FLAGS
   try:
     methods = report.parse_methods(FLAGS.methods)
-    model, variables, config = loop.restore(FLAGS.workdir)
-    report.run(model, variables, config.class_names, loop.preprocess_settings(config), FLAGS.images,
-               config.image_size, config.channels, methods, FLAGS.target, FLAGS.layer,
-               FLAGS.out or os.path.join(FLAGS.workdir, "explain"))
+    source = report.load_source(FLAGS.workdir, FLAGS.weights, FLAGS.image_size)
+    if FLAGS.serve:
+      serve.serve(source, FLAGS.images or serve.default_photos(), FLAGS.host, FLAGS.port,
+                  title=FLAGS.workdir or FLAGS.weights)
+    else:
+      report.run(source.model, source.variables, source.class_names, source.preprocess, FLAGS.images,
+                 source.image_size, source.channels, methods, FLAGS.target, FLAGS.layer,
+                 FLAGS.out or os.path.join(FLAGS.workdir or ".", "explain"))
   except ValueError as error:
     if os.environ.get("CNNJAX_DEBUG"):
       raise

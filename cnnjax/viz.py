@@ -192,8 +192,8 @@ def _filter_tiles(kernel, max_filters: int):
 
 
 EXPLANATION_PANELS = ("saliency", "guided", "relu", "gradcam", "guided_gradcam")
-_PANEL_TITLES = {"saliency": "saliency", "guided": "guided backprop", "relu": "rectified backprop",
-                 "gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM"}
+PANEL_TITLES = {"saliency": "saliency", "guided": "guided backprop", "relu": "rectified backprop",
+                "gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM"}
 
 
 def _panel(map_):
@@ -206,6 +206,23 @@ def _panel(map_):
   if map_.ndim == 2:
     return map_
   raise ValueError(f"a map must be (H, W) or (H, W, C) for one image; got shape {map_.shape}")
+
+
+def _is_overlay(name: str) -> bool:
+  """Grad-CAM-like maps are coarse regions, shown over the image; gradient maps are fine detail, shown alone."""
+  return "cam" in name and "guided" not in name
+
+
+def _panel_cmap(name: str) -> str:
+  return "inferno" if name == "guided_gradcam" else "gray"
+
+
+def panel_array(image, name: str, map_, alpha: float = 0.5):
+  """(H, W, 3) float array in [0, 1]: one image's `name` map drawn as `explanation_figure` draws its panel."""
+  panel = _panel(map_)
+  if _is_overlay(name):
+    return overlay_array(image, panel, alpha)
+  return plt.get_cmap(_panel_cmap(name))(_to_display(panel))[..., :3]
 
 
 def explanation_figure(image, maps: Mapping[str, object], title: str = "",
@@ -226,11 +243,11 @@ def explanation_figure(image, maps: Mapping[str, object], title: str = "",
   axes[0].set_title("input", fontsize=9)
   for axis, name in zip(axes[1:], order):
     panel = _panel(maps[name])
-    if "cam" in name and "guided" not in name:
+    if _is_overlay(name):
       axis.imshow(overlay_array(image, panel, alpha))
     else:
-      axis.imshow(_to_display(panel), cmap="gray" if name != "guided_gradcam" else "inferno")
-    axis.set_title(_PANEL_TITLES.get(name, name), fontsize=9)
+      axis.imshow(_to_display(panel), cmap=_panel_cmap(name))
+    axis.set_title(PANEL_TITLES.get(name, name), fontsize=9)
   for axis in axes:
     axis.axis("off")
   if title:

@@ -73,3 +73,14 @@ def test_explain_py_reports_bad_input_in_one_line(trained_run, tmp_path):
   assert "does not exist" in done.stderr.strip().splitlines()[-1]
   with pytest.raises(ValueError, match="not a train.py workdir"):
     loop.restore(str(tmp_path))
+
+
+def test_explain_py_with_imported_weights(shared_dir, tmp_path):
+  weights = shared_dir / "weights" / "keras_cifar10" / "sagecodes_keras_cifar10_trained_model.h5"
+  done = explain("--weights", str(weights), "--images", str(shared_dir / "data" / "photos" / "both.png"),
+                 "--methods", "saliency,gradcam", "--target", "3", "--out", str(tmp_path))
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "both.png: " in done.stdout  # top-5 by class index: the file does not name its classes
+  assert (tmp_path / "both_explanations.png").stat().st_size > 1000
+  with pytest.raises(ValueError, match="pass either --workdir RUN_DIR or --weights FILE"):
+    report.load_source(workdir=None, weights=None)

@@ -1,16 +1,21 @@
-"""What explain.py does, as functions: load a run and photos, pick targets, run the explainers, write PNGs."""
+"""What explain.py does, as functions: load a run or a weight file and photos, pick targets, run the explainers,
+write PNGs."""
+import dataclasses
+import functools
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from cnnjax import data as data_lib
-from cnnjax import explain, viz
+from cnnjax import explain, pretrained, viz
 from cnnjax.data import sources
+from cnnjax.train import loop
 
 # Method name on the command line -> (explainer, its keyword arguments).
 GRADIENT_METHODS = {
@@ -29,12 +34,95 @@ OTHER_METHODS = ("activations", "maximize", "deletion")
 METHODS = tuple(GRADIENT_METHODS) + tuple(CAM_METHODS) + OTHER_METHODS
 
 
+# Input side of imported models whose source does not fix it: CIFAR ResNets, and the tutorials' full Keras models
+# (CIFAR-10 CNNs); every other source is an ImageNet architecture at 224x224.
+_IMPORTED_IMAGE_SIZES = {"torch:resnet_cifar": 32, "keras:model": 32}
+_IMAGENET_CLASSES = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+  """A model ready to explain and what its inputs and outputs mean."""
+  model: Any  # flax.linen.Module returning logits
+  variables: Any
+  class_names: Tuple[str, ...]
+  preprocess: Dict[str, Any]  # keyword arguments of cnnjax.data.preprocess
+  image_size: int
+  channels: int
+
+
+def load_workdir(workdir: str) -> ModelSource:
+  """The best checkpoint of a train.py run, with the run's class names and preprocessing."""
+  model, variables, config = loop.restore(workdir)
+  return ModelSource(model, variables, tuple(config.class_names), loop.preprocess_settings(config),
+                     config.image_size, config.channels)
+
+
+def load_weights(path: str, image_size: Optional[int] = None) -> ModelSource:
+  """An imported weight file (`cnnjax.pretrained.load`): ImageNet class names for 1000 outputs, else indices."""
+  source = pretrained.source_of(path)
+  model, variables = pretrained.load(path)
+  image_size = image_size or _IMPORTED_IMAGE_SIZES.get(source, 224)
+  try:  # abstract evaluation: checks the input size against the weights without computing anything
+    logits = jax.eval_shape(functools.partial(model.apply, train=False), variables,
+                            jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+  except (ValueError, TypeError, flax.errors.FlaxError) as error:
+    raise ValueError(f"{path} does not take {image_size}x{image_size} RGB inputs ({str(error).splitlines()[0]}); "
+                     f"pass --image_size") from None
+  outputs = logits.shape[-1]
+  if outputs == _IMAGENET_CLASSES:
+    class_names = pretrained.imagenet_class_names()
+  else:  # the file does not name its classes; targets are then given by index
+    class_names = [str(index) for index in range(outputs)]
+  return ModelSource(model, variables, tuple(class_names), {"mode": pretrained.preprocessing_for(source)},
+                     image_size, 3)
+
+
 def parse_methods(text: str) -> List[str]:
   methods = [name.strip() for name in text.split(",") if name.strip()]
   unknown = [name for name in methods if name not in METHODS]
   if unknown or not methods:
     raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
   return methods
+
+
+def load_source(workdir: Optional[str], weights: Optional[str], image_size: Optional[int] = None) -> ModelSource:
+  """The model of a train.py workdir or of a weight file, whichever is given (exactly one)."""
+  if (workdir is None) == (weights is None):
+    raise ValueError("pass either --workdir RUN_DIR or --weights FILE")
+  if workdir is None:
+    return load_weights(weights, image_size)
+  if image_size is not None:
+    raise ValueError("--image_size is for --weights; a workdir's config fixes the input size")
+  return load_workdir(workdir)
+
+
+class ImageTooLargeError(ValueError):
+  """An image with more pixels than the caller allows (a web server answers 413 rather than 400)."""
+
+
+def decode_image(file: Union[str, BinaryIO], image_size: int, channels: int, name: str,
+                 max_pixels: Optional[int] = None) -> np.ndarray:
+  """uint8 (S, S, C) from an image file (path or file object), resized as the training data was.
+
+  `max_pixels` bounds the decoded size: the header is checked before any pixel is decoded, so a small file that
+  expands to gigabytes (a decompression bomb) is refused cheaply.
+  """
+  try:
+    with Image.open(file) as image:
+      if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ImageTooLargeError(f"{name} is {image.width}x{image.height} pixels; the limit is "
+                                 f"{max_pixels / 1e6:g} megapixels")
+      image.load()
+      return sources.to_array(image, image_size, channels)
+  except ImageTooLargeError:
+    raise
+  except Image.DecompressionBombError as error:  # Pillow's own, larger, limit
+    raise ImageTooLargeError(f"cannot decode {name}: {error}") from None
+  except Image.UnidentifiedImageError:  # its message shows the file object, not the file
+    raise ValueError(f"cannot decode {name} as an image (not a format Pillow reads)") from None
+  except (OSError, ValueError, SyntaxError) as error:
+    raise ValueError(f"cannot decode {name} as an image ({error})") from None
 
 
 def load_images(paths: Sequence[str], image_size: int, channels: int) -> np.ndarray:
@@ -45,12 +133,7 @@ def load_images(paths: Sequence[str], image_size: int, channels: int) -> np.ndar
   for path in paths:
     if not os.path.isfile(path):
       raise ValueError(f"image {path!r} does not exist")
-    try:
-      with Image.open(path) as image:
-        image.load()
-        arrays.append(sources.to_array(image, image_size, channels))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-      raise ValueError(f"cannot decode {path!r} as an image ({error})") from None
+    arrays.append(decode_image(path, image_size, channels, repr(path)))
   return np.stack(arrays)
 
 
