@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cnnjax import data as data_lib
-from cnnjax import models
+from cnnjax import models, pretrained
 from cnnjax.train import config as config_lib
 from cnnjax.train import loop, optim, step as step_lib, transfer
 
@@ -217,3 +217,55 @@ def test_offline_keras_weights_name_the_file(image_folder, tmp_path, monkeypatch
   assert "\n" not in message and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
   assert str(tmp_path / "weights") in message
   assert transfer.preprocess_mode(config) == "caffe"
+
+
+def test_keras_weights_download_once_into_the_cache(shared_dir, tmp_path, monkeypatch):
+  """`keras:mobilenet` against a local HTTP server standing in for Keras's bucket: one download, then the cache;
+  a transfer cut short leaves nothing behind."""
+  import functools
+  import http.server
+  import shutil
+  import threading
+  served = tmp_path / "bucket"
+  (served / "mobilenet").mkdir(parents=True)
+  name = "mobilenet_2_5_224_tf_no_top.h5"
+  shutil.copy(shared_dir / "weights/mobilenet/mobilenet_2_5_224_tf.h5", served / "mobilenet" / name)
+  requests = []
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):  # pylint: disable=invalid-name
+      requests.append(self.path)
+      if os.environ.get("CUT_SHORT"):  # promise a megabyte, send a kilobyte
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        self.wfile.write(b"\0" * 1000)
+        return
+      super().do_GET()
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    monkeypatch.setattr(transfer, "KERAS_URL", f"http://127.0.0.1:{server.server_port}/")
+    config = config_lib.default_config()
+    config.update(model="mobilenet", image_size=224, pretrained="keras:mobilenet")
+    config.model_options.alpha = 0.25
+
+    monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path / "cut"))
+    monkeypatch.setenv("CUT_SHORT", "1")
+    with pytest.raises(ValueError, match=name):
+      transfer.resolve_source(config)
+    assert not any((tmp_path / "cut").rglob("*.h5*")), "a partial download was left in the cache"
+
+    monkeypatch.delenv("CUT_SHORT")
+    monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path / "cache"))
+    requests.clear()
+    first, second = transfer.resolve_source(config), transfer.resolve_source(config)
+    assert first == second == str(tmp_path / "cache" / "weights" / name) and len(requests) == 1
+    model, variables = pretrained.load(first)
+    assert "conv_pw_13" in variables["params"]
+  finally:
+    server.shutdown()
