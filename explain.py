@@ -1,6 +1,6 @@
 """Explain a trained or imported model's predictions on image files, or on a local web page.
 
-  python explain.py --workdir runs/simple_cnn --images a.jpg b.png \
+  python explain.py --workdir runs/simple_cnn --images a.jpg,b.png \
       --methods saliency,guided,relu,gradcam,guided_gradcam --target top1 --out runs/simple_cnn/explain
   python explain.py --workdir RUN --images a.jpg --methods activations --layer conv2d_1
   python explain.py --workdir RUN --images a.jpg --methods maximize --target cat
