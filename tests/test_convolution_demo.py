@@ -1,5 +1,4 @@
-"""The convolution demo (Sobel kernels through lax.conv_general_dilated) and the TensorBoard events of a run."""
-import json
+"""The convolution demo: Sobel kernels through lax.conv_general_dilated, next to a model's first layer."""
 from pathlib import Path
 
 import jax
@@ -9,8 +8,6 @@ from PIL import Image
 from scipy import signal
 
 from cnnjax import models, viz
-from cnnjax.train import config as config_lib
-from cnnjax.train import train_and_evaluate
 
 
 def test_sobel_is_the_2d_correlation_with_the_sobel_kernels():
@@ -63,32 +60,3 @@ def test_demo_figure_with_and_without_a_model(tmp_path):
   with pytest.raises(ValueError, match="cannot read the photo"):
     viz.convolution_demo(tmp_path / "missing.jpg")
 
-
-def _scalars(workdir: Path):
-  """{tag: {step: value}} from every TensorBoard event file of the workdir."""
-  import tensorflow as tf
-  scalars = {}
-  for events in workdir.glob("events.out.tfevents.*"):
-    for event in tf.compat.v1.train.summary_iterator(str(events)):
-      for value in event.summary.value:
-        if value.HasField("tensor") and not value.tensor.tensor_shape.dim:
-          scalars.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
-        elif value.HasField("simple_value"):
-          scalars.setdefault(value.tag, {})[event.step] = value.simple_value
-  return scalars
-
-
-def test_tensorboard_events_hold_the_epoch_metrics(image_folder, tmp_path):
-  config = config_lib.default_config()
-  config.dataset, config.num_classes, config.image_size = f"folder:{image_folder}", 3, 16
-  config.batch_size, config.eval_batch_size, config.num_epochs, config.validation_split = 8, 8, 1, 0.25
-  workdir = tmp_path / "run"
-  train_and_evaluate(config, str(workdir))
-  assert list(workdir.glob("events.out.tfevents.*")), f"no TensorBoard event file in {sorted(workdir.iterdir())}"
-  scalars = _scalars(workdir)
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert len(records) == 1
-  for tag in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate"):
-    assert tag in scalars, f"{tag} missing from TensorBoard scalars {sorted(scalars)}"
-    for record in records:
-      assert scalars[tag][record["step"]] == pytest.approx(record[tag], rel=1e-6)

@@ -25,11 +25,14 @@ def test_events_hold_scalars_hparams_and_gradcam_overlays(image_folder, tmp_path
   config = conftest.tiny_config(image_folder, num_epochs=2, validation_split=0.25, tensorboard_explain_images=3)
   loop.train_and_evaluate(config, str(workdir))
   events = _events(workdir)
-  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  steps = [record["step"] for record in records]
 
-  scalars = {(value.tag, step) for step, value in events if value.metadata.plugin_data.plugin_name == "scalars"}
+  scalars = {(value.tag, step): float(tf.make_ndarray(value.tensor)) for step, value in events
+             if value.metadata.plugin_data.plugin_name == "scalars"}
   for tag in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"):
-    assert {(tag, step) for step in steps} <= scalars, tag
+    for record in records:
+      assert scalars[(tag, record["step"])] == pytest.approx(record[tag], rel=1e-6), tag
 
   hparams = {}
   for _, value in events:
