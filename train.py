@@ -32,19 +32,39 @@ def main(argv):
                                flags.FLAGS.process_id)
   from cnnjax.train import Interrupted, lr_find, train_and_evaluate
   try:
-    if flags.FLAGS.config.lr_find:
-      lr_find(flags.FLAGS.config, flags.FLAGS.workdir)
-    else:
-      train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    config = flags.FLAGS.config
+    run = lr_find if config.lr_find else train_and_evaluate
+  except OSError:  # ml_collections defers a missing config file's error to the first use of the config
+    sys.exit(f"error: no config file at {flags.FLAGS['config'].config_filename}; pass --config configs/NAME.py")
+  try:
+    run(config, flags.FLAGS.workdir)
   except Interrupted as interruption:
     print(f"interrupted: {interruption}", file=sys.stderr)
     sys.exit(130)
-  except (ValueError, FloatingPointError) as error:
+  except (ValueError, FloatingPointError, OSError) as error:
     if os.environ.get("CNNJAX_DEBUG"):
       raise
-    # One line the user can act on; CNNJAX_DEBUG=1 shows the traceback.
-    sys.exit(f"error: {error}")
+    # One line the user can act on; CNNJAX_DEBUG=1 shows the traceback. OSError: a full disk or an unwritable
+    # workdir (the checkpoint and workdir writers say which path and what to do).
+    sys.exit(f"error: {' '.join(str(error).split())}")
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with an override of a field the config lacks (--config.lerning_rate=...) reported
+  in one line instead of ml_collections' traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:
+    if os.environ.get("CNNJAX_DEBUG"):
+      raise
+    # ml_collections raises KeyError('\'name\'\nDid you mean "x" instead of "name"?') wrapped in AttributeError.
+    text = str(error).encode("latin-1", "backslashreplace").decode("unicode_escape")
+    field, _, hint = text.strip("'\"").partition("\n")
+    flag = next((arg.split("=")[0] for arg in argv if arg.startswith("--config.") and field.strip("'\"") in arg),
+                "a --config.FIELD flag")
+    sys.exit(f"error: {flag}: the config has no field {field.strip(chr(39) + chr(34))!r}"
+             f"{'; ' + hint.strip() if hint else ''} (fields: configs/default.py)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

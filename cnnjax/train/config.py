@@ -1,5 +1,7 @@
 """Config checks that run before anything is compiled, and the rule for what may change on resume."""
+import importlib
 import json
+import math
 import re
 from typing import Any, Dict, List
 
@@ -112,12 +114,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config[key]
     if default is not None and value is not None and not _same_kind(default, value):
       _fail(f"config.{key} should be a {type(default).__name__}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+      _fail(f"config.{key} must be a finite number, got {value}")
+  for group, fields in (("early_stopping", ("monitor", "patience")), ("bottleneck", ("layer", "hidden", "dropout"))):
+    unknown = sorted(set(config[group].keys()) - set(fields))
+    if unknown:
+      _fail(f"unknown config.{group} field(s) {unknown}; valid: {', '.join(fields)}")
+    for field in fields:
+      default, value = defaults[group][field], config[group].get(field)
+      if not _same_kind(default, value):
+        _fail(f"config.{group}.{field} should be a {type(default).__name__}, got {value!r}")
 
   if config.model not in models.names():
     _fail(f"unknown model {config.model!r}; choose one of {', '.join(models.names())}")
-  for key in ("batch_size", "eval_batch_size", "num_epochs", "num_classes", "image_size", "channels"):
+  for key in ("batch_size", "eval_batch_size", "num_epochs", "num_classes", "image_size", "channels",
+              "keep_checkpoints"):
     if config[key] <= 0:
       _fail(f"config.{key} must be positive, got {config[key]}")
+  for key in ("checkpoint_every_steps", "seed", "weight_decay", "grad_clip_norm", "momentum", "warmup_epochs"):
+    if config[key] < 0:
+      _fail(f"config.{key} must be >= 0, got {config[key]}")
+  if config.channels not in (1, 3):
+    _fail(f"config.channels must be 1 (grayscale) or 3 (RGB), got {config.channels}")
+  if config.limit_per_class is not None and config.limit_per_class <= 0:
+    _fail(f"config.limit_per_class must be positive or None, got {config.limit_per_class}")
+  if not 0 <= config.label_smoothing < 1:
+    _fail(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
+  if config.decay is not None and config.decay < 0:
+    _fail(f"config.decay must be >= 0 or None, got {config.decay}")
+  if config.early_stopping.patience < 0:
+    _fail(f"config.early_stopping.patience must be >= 0 (0 = off), got {config.early_stopping.patience}")
   if config.num_classes < 2:
     _fail(f"config.num_classes must be at least 2, got {config.num_classes}")
   if config.steps_per_epoch is not None and config.steps_per_epoch <= 0:
@@ -130,11 +156,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(optim.OPTIMIZERS)}")
   if config.schedule not in optim.SCHEDULES:
     _fail(f"unknown schedule {config.schedule!r}; choose one of {', '.join(optim.SCHEDULES)}")
-  if config.schedule == "piecewise" and not all(len(drop) == 2 for drop in config.lr_drops):
-    _fail(f"config.lr_drops must be ((epoch, lr), ...) pairs, got {config.lr_drops!r}")
+  if config.schedule == "piecewise" and not all(
+      isinstance(drop, (tuple, list)) and len(drop) == 2 and all(_is_number(v) for v in drop)
+      and drop[0] >= 0 and math.isfinite(drop[1]) and drop[1] > 0 for drop in config.lr_drops):
+    _fail(f"config.lr_drops must be ((epoch, lr), ...) pairs with epoch >= 0 and lr > 0, got {config.lr_drops!r}")
   unknown_augment = set(config.augment.keys()) - set(AUGMENT_FIELDS)
   if unknown_augment:
     _fail(f"unknown augment setting(s) {sorted(unknown_augment)}; valid: {', '.join(AUGMENT_FIELDS)}")
+  _check_augment(config.augment)
+  _check_preprocess(config)
   monitor = config.early_stopping.monitor
   if monitor not in EARLY_STOPPING_MONITORS:
     _fail(f"unknown early_stopping.monitor {monitor!r}; choose one of {EARLY_STOPPING_MONITORS}")
@@ -161,9 +191,51 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.nonfinite not in ("stop", "skip"):
     _fail(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
   devices = jax.device_count()
-  if config.batch_size % devices:
-    _fail(f"config.batch_size={config.batch_size} is not divisible by the {devices} devices; "
-          f"use a multiple of {devices}")
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % devices:
+      _fail(f"config.{key}={config[key]} is not divisible by the {devices} devices; use a multiple of {devices}")
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_augment(augment: ml_collections.ConfigDict) -> None:
+  """The augmentation settings, checked as cnnjax.data.augment would check them inside the first step."""
+  augment_lib = importlib.import_module("cnnjax.data.augment")  # the package exports a function of that name
+  settings = augment.to_dict()
+  flip = settings.pop("horizontal_flip", False)
+  if not isinstance(flip, bool):
+    _fail(f"config.augment.horizontal_flip should be a bool, got {flip!r}")
+  for key, value in settings.items():
+    pair = key == "zoom" and isinstance(value, (tuple, list)) and len(value) == 2
+    if not (_is_number(value) or pair and all(_is_number(v) for v in value)):
+      _fail(f"config.augment.{key} should be a number{' or a (low, high) pair' if key == 'zoom' else ''}, "
+            f"got {value!r}")
+  try:
+    augment_lib._ranges(**{"rotation": 0.0, "width_shift": 0.0, "height_shift": 0.0, "shear": 0.0, "zoom": 0.0,
+                           **settings})  # pylint: disable=protected-access
+  except ValueError as error:
+    _fail(f"config.augment.{error}")
+
+
+def _check_preprocess(config: ml_collections.ConfigDict) -> None:
+  preprocess_lib = importlib.import_module("cnnjax.data.preprocess")  # shadowed by a function too
+  mode = config.preprocess
+  if mode != "auto" and mode not in preprocess_lib.MODES:
+    _fail(f"unknown config.preprocess {mode!r}; use auto or one of {', '.join(preprocess_lib.MODES)}")
+  if mode in ("caffe", "torch") and config.channels != 3:
+    _fail(f"config.preprocess={mode!r} needs RGB images: set config.channels=3 or another preprocess mode")
+  if mode != "mean_std":
+    return
+  for key in ("mean", "std"):
+    values = config[key]
+    if values is None:
+      _fail(f"config.preprocess='mean_std' needs config.{key} (per channel, in [0, 1] units)")
+    if len(values) not in (1, config.channels) or not all(_is_number(v) and math.isfinite(v) for v in values):
+      _fail(f"config.{key} needs 1 or {config.channels} finite numbers (one per channel), got {tuple(values)}")
+  if not all(v > 0 for v in config.std):
+    _fail(f"config.std must be positive (it divides the pixels), got {tuple(config.std)}")
 
 
 def _same_kind(default: Any, value: Any) -> bool:

@@ -54,8 +54,9 @@ def augment_settings(config) -> Optional[Dict]:
 
 def check_model_input(model, config) -> None:
   """Builds the model abstractly, so an input/architecture mismatch fails before any compilation."""
-  jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                 jnp.zeros((1, *image_shape(config)), jnp.float32))
+  key = jax.eval_shape(jax.random.PRNGKey, 0)  # even PRNGKey(0) would compile a tiny program
+  jax.eval_shape(functools.partial(model.init, train=False), key,
+                 jax.ShapeDtypeStruct((1, *image_shape(config)), jnp.float32))
 
 
 class _RunningMean:
