@@ -309,3 +309,23 @@ def test_a_second_run_on_a_busy_workdir_is_refused(image_folder, tmp_path):
     with pytest.raises(ValueError, match="in use by another train.py run"):
       loop.train_and_evaluate(tiny_config(image_folder), workdir)
   assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_model_options_can_be_set_from_the_command_line(monkeypatch):
+  """Every model option is a declared config field, so `--config.model_options.X=...` parses (an undeclared
+  one would be refused by ml_collections), and None leaves the architecture's default."""
+  from absl import flags
+  from ml_collections import config_flags
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, lock_config=True)
+  argv = ["train.py", f"--config={REPO / 'configs' / 'resnet50_transfer.py'}",
+          "--config.model_options.dtype=bfloat16", "--config.model_options.dropout=0.5",
+          "--config.model_options.stride_on_3x3=True"]
+  monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the overrides from sys.argv
+  flag_values(argv)
+  config = flag_values.config
+  model = loop.create_model(config)
+  assert (model.dtype, model.dropout, model.stride_on_3x3, model.head) == ("bfloat16", 0.5, True, "flatten")
+  assert model.activation == "relu"  # model_options.activation is None: the default
+  for name, options in ((name, models.options(name)) for name in models.names()):
+    assert set(options) - {"axis_name"} <= set(config.model_options), name

@@ -59,11 +59,13 @@ def _entry(name: str) -> _Entry:
 
 
 def create(name: str, *, num_classes: int, **model_options) -> nn.Module:
-  """The architecture `name` for `num_classes` classes; `model_options` as listed by `options(name)`.
+  """The architecture `name` for `num_classes` classes; `model_options` as listed by `options(name)`, where
+  None means the architecture's default.
 
   Unknown names, unknown options and invalid option values raise a one-line ValueError.
   """
   entry = _entry(name)
+  model_options = {option: value for option, value in model_options.items() if value is not None}
   unknown = sorted(set(model_options) - set(entry.options))
   if unknown:
     raise ValueError(f"{name} has no option(s) {', '.join(unknown)}; valid options: {', '.join(entry.options)}")

@@ -27,9 +27,15 @@ DERIVED_FIELDS = ("class_names",)
 def default_config() -> ml_collections.ConfigDict:
   """Every config field with its default; configs/*.py start from this and override a few."""
   config = ml_collections.ConfigDict()
-  # Model: a name from cnnjax.models.names(); options are passed to cnnjax.models.create.
+  # Model: a name from cnnjax.models.names(); options are passed to cnnjax.models.create (models.options(name)
+  # lists those an architecture takes; None = its default). Declared with their types so that
+  # `--config.model_options.dtype=bfloat16` works on the command line.
   config.model = "simple_cnn"
-  config.model_options = ml_collections.ConfigDict()
+  config.model_options = ml_collections.ConfigDict({
+      **{name: config_dict.placeholder(str) for name in ("activation", "pooling", "head", "dtype")},
+      **{name: config_dict.placeholder(float) for name in ("dropout", "conv_dropout", "alpha")},
+      **{name: config_dict.placeholder(bool) for name in ("batch_norm", "stride_on_3x3")},
+  })
   config.num_classes = 10
   config.image_size = 32
   config.channels = 3

@@ -57,7 +57,7 @@ def keras_file(arch: str, config: ml_collections.ConfigDict) -> Tuple[str, str]:
     name = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     return name, f"{KERAS_URL}resnet/{name}"
   if arch == "mobilenet":
-    alpha = config.model_options.get("alpha", 1.0)
+    alpha = config.model_options.get("alpha") or 1.0
     alphas = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}
     if alpha not in alphas:
       raise ValueError(f"Keras publishes MobileNet weights for alpha {sorted(alphas)}, not {alpha}; set "
