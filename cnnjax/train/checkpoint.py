@@ -5,11 +5,17 @@ loop (epoch reached, per-epoch history, early-stopping counters). orbax writes i
 renames it when complete, so a killed run never leaves a checkpoint that a resume would pick up half-written.
 Data order is a function of (seed, epoch), so the epoch in the record is the whole data position.
 """
+import contextlib
+import logging
 import os
+import sys
+import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+
+from cnnjax.train import workdir as workdir_lib
 
 
 def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
@@ -24,17 +30,30 @@ class Checkpoints:
 
   def __init__(self, workdir: str, keep: int):
     root = os.path.join(workdir, "checkpoints")
-    self.latest = _manager(os.path.join(root, "latest"), keep)
-    self.best = _manager(os.path.join(root, "best"), 1)
+    with workdir_lib.writing("the checkpoint directories", root):
+      self.latest = _manager(os.path.join(root, "latest"), keep)
+      self.best = _manager(os.path.join(root, "best"), 1)
 
   def save(self, state, record: Dict, *, is_best: bool) -> None:
+    """Saves the latest (and best) checkpoint of `state.step`, or raises a one-line workdir.WriteError.
+
+    A failed save (disk full, read-only workdir) leaves only orbax's temporary directory, which a resume
+    ignores: the checkpoints saved before stay complete and restorable.
+    """
     step = int(jax.device_get(state.step))
     args = ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)), record=ocp.args.JsonSave(record))
-    self.latest.save(step, args=args, force=True)
-    if is_best:
-      self.best.save(step, args=args, force=True)
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    for manager, save in ((self.latest, True), (self.best, is_best)):
+      if not save:
+        continue
+      with _quiet_orbax_threads():
+        try:
+          with workdir_lib.writing(f"the checkpoint of step {step}", str(manager.directory)):
+            manager.save(step, args=args, force=True)
+            manager.wait_until_finished()
+        except workdir_lib.WriteError:
+          with contextlib.suppress(Exception):
+            manager.close()  # lets orbax's writer threads wind down while their tracebacks are dropped
+          raise
 
   def restore_latest(self, state) -> Optional[Tuple[Any, Dict]]:
     return _restore(self.latest, state)
@@ -45,6 +64,49 @@ class Checkpoints:
   def close(self):
     self.latest.close()
     self.best.close()
+
+
+class _DropOrbaxErrors(logging.Filter):
+  """Error records of orbax's writer threads and of its abandoned asyncio tasks."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    return not ("orbax" in record.pathname or "orbax" in record.getMessage())
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+  return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
+@contextlib.contextmanager
+def _quiet_orbax_threads():
+  """Keeps a failed save to the one line the caller raises. When a write fails, orbax gives up on the save
+  while its other writes are still in flight: each writer thread logs a traceback, abandoned asyncio tasks
+  log theirs, and tensorstore reports "Event loop is closed" (as unraisable) for writes that complete after
+  orbax's event loop closed. Much of it comes after the save raised, so after a failure the filters stay
+  (the run is over; CNNJAX_DEBUG=1 shows everything)."""
+  if os.environ.get("CNNJAX_DEBUG"):
+    yield
+    return
+  loggers, dropper = [logging.getLogger("absl"), logging.getLogger("asyncio")], _DropOrbaxErrors()
+  for logger in loggers:
+    logger.addFilter(dropper)
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable):
+      previous_hook(unraisable)
+  sys.unraisablehook = hook
+  try:
+    yield
+  except BaseException:
+    warnings.filterwarnings("ignore", message="coroutine '.*serialize.*' was never awaited", category=RuntimeWarning)
+    raise
+  for logger in loggers:
+    logger.removeFilter(dropper)
+  if sys.unraisablehook is hook:
+    sys.unraisablehook = previous_hook
 
 
 def _state_tree(state) -> Dict:

@@ -88,6 +88,11 @@ def _check_finite(metrics: Dict, step: int) -> None:
         "config.grad_clip_norm, or config.nonfinite='skip' to skip such steps")
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+
+
 def _is_better(monitor: str, value: float, best: Optional[float]) -> bool:
   if not math.isfinite(value):
     return False
@@ -200,6 +205,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
   monitor = config.early_stopping.monitor
   validation = splits.validation if splits.validation is not None and len(splits.validation) else None
   explained = (validation if validation is not None else splits.train).images[:config.tensorboard_explain_images]
+  epochs_before = len(history)
+  probe_images = data_lib.ImageSet(splits.train.images[:config.eval_batch_size],
+                                   splits.train.labels[:config.eval_batch_size])
   with _StopRequests() as stop:
     for epoch in range(len(history), config.num_epochs):
       best, since_best = _best_value(history, monitor)
@@ -218,14 +226,23 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
                             resume, stop, save_partial)
       state, train_means, seconds = epoch_run.run(state)
       started = time.time() - seconds
+      # NaN when every step of the epoch had a non-finite loss (all skipped with config.nonfinite='skip').
       record = {"epoch": epoch, "step": int(state.step), "learning_rate": float(schedule(int(state.step) - 1)),
-                "train_loss": train_means["loss"], "train_accuracy": train_means["accuracy"]}
+                "train_loss": train_means.get("loss", math.nan),
+                "train_accuracy": train_means.get("accuracy", math.nan)}
       if validation is not None:
         val = evaluation.evaluate(eval_step, state.variables, validation, config.eval_batch_size, batch_sharding)
         record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
       record["seconds"] = time.time() - started
       history.append(record)
-      is_best = validation is None or _is_better(monitor, record.get(monitor, math.nan), best)
+      # Weights that compute NaN/inf are never the best. Without validation the train loss, measured before
+      # each update, lags the weights by a step: the new weights' loss on a training batch must be finite too.
+      if validation is None:
+        probe = evaluation.evaluate(eval_step, state.variables, probe_images, config.eval_batch_size, batch_sharding)
+        is_best = math.isfinite(record["train_loss"]) and math.isfinite(probe["loss"])
+      else:
+        is_best = _is_better(monitor, record.get(monitor, math.nan), best)
+      is_best = is_best and bool(_all_finite(state.variables))
       checkpoints.save(state, {"history": history}, is_best=is_best)
       # Every process computes the overlays: the variables may be sharded across hosts.
       overlays = (_gradcam_overlays(model, state.variables, explained, preprocess_settings(config))
@@ -238,6 +255,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, is_writ
         writer.flush()
       print(_epoch_line(record, config.num_epochs))
       stop.raise_if_requested(int(state.step))
+  if is_writer and history and len(history) == epochs_before:
+    # Nothing was left to train (a rerun after the last checkpoint): metrics.jsonl and the curves may lack
+    # that epoch if writing them failed (a full disk), so they are written again from the checkpoint's record.
+    workdir_lib.write_history(workdir, history)
 
   best_restored = checkpoints.restore_best(state) or checkpoints.restore_latest(state)
   checkpoints.close()
