@@ -35,7 +35,7 @@ def main(argv):
     config = flags.FLAGS.config
     run = lr_find if config.lr_find else train_and_evaluate
   except OSError:  # ml_collections defers a missing config file's error to the first use of the config
-    sys.exit(f"error: no config file at {flags.FLAGS['config'].config_filename}; pass --config configs/NAME.py")
+    sys.exit(_no_config_file())
   try:
     run(config, flags.FLAGS.workdir)
   except Interrupted as interruption:
@@ -49,14 +49,26 @@ def main(argv):
     sys.exit(f"error: {' '.join(str(error).split())}")
 
 
+def _no_config_file(argv=None) -> str:
+  path = flags.FLAGS["config"].config_filename
+  for index, arg in enumerate(argv or []):  # while parsing, the flag does not know the file yet: the last one
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg == "--config" and index + 1 < len(argv):
+      path = argv[index + 1]
+  return f"error: no config file at {path}; pass --config configs/NAME.py"
+
+
 def parse_flags(argv):
   """absl's flag parsing, with an override of a field the config lacks (--config.lerning_rate=...) reported
   in one line instead of ml_collections' traceback."""
   try:
     return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as error:
+  except (AttributeError, KeyError, OSError) as error:
     if os.environ.get("CNNJAX_DEBUG"):
       raise
+    if isinstance(error, OSError):  # --config.FIELD overrides of a config file that is not there
+      sys.exit(_no_config_file(argv))
     # ml_collections raises KeyError('\'name\'\nDid you mean "x" instead of "name"?') wrapped in AttributeError.
     text = str(error).encode("latin-1", "backslashreplace").decode("unicode_escape")
     field, _, hint = text.strip("'\"").partition("\n")
