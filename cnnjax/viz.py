@@ -217,12 +217,21 @@ def _panel_cmap(name: str) -> str:
   return "inferno" if name == "guided_gradcam" else "gray"
 
 
+def _gradient_display(panel, percentile: float = 99.0):
+  """A non-negative gradient map in [0, 1], saturating its top 1%: gradients are heavy-tailed, and scaling by
+  the maximum lets a few pixels turn the rest black (captum's visualisation clips outliers the same way)."""
+  high = float(np.percentile(panel, percentile))
+  if high <= 0:
+    return _to_display(panel)
+  return np.clip(panel / high, 0.0, 1.0)
+
+
 def panel_array(image, name: str, map_, alpha: float = 0.5):
-  """(H, W, 3) float array in [0, 1]: one image's `name` map drawn as `explanation_figure` draws its panel."""
+  """(H, W, 3) float array in [0, 1]: one image's `name` map as `explanation_figure` draws its panel."""
   panel = _panel(map_)
   if _is_overlay(name):
     return overlay_array(image, panel, alpha)
-  return plt.get_cmap(_panel_cmap(name))(_to_display(panel))[..., :3]
+  return plt.get_cmap(_panel_cmap(name))(_gradient_display(panel))[..., :3]
 
 
 def explanation_figure(image, maps: Mapping[str, object], title: str = "",
@@ -242,11 +251,7 @@ def explanation_figure(image, maps: Mapping[str, object], title: str = "",
   axes[0].imshow(_to_display(image), cmap="gray")
   axes[0].set_title("input", fontsize=9)
   for axis, name in zip(axes[1:], order):
-    panel = _panel(maps[name])
-    if _is_overlay(name):
-      axis.imshow(overlay_array(image, panel, alpha))
-    else:
-      axis.imshow(_to_display(panel), cmap=_panel_cmap(name))
+    axis.imshow(panel_array(image, name, maps[name], alpha))
     axis.set_title(PANEL_TITLES.get(name, name), fontsize=9)
   for axis in axes:
     axis.axis("off")
