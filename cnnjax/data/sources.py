@@ -21,8 +21,11 @@ import os
 import pathlib
 import posixpath
 import tempfile
+import stat
 import time
+import warnings
 import zipfile
+import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -39,6 +42,10 @@ CELEB_A_SPLITS = ("train", "validation", "test")
 CELEB_A_FACE_CROP = 148
 # Below this many files a process pool costs more to start than it saves.
 _MIN_FILES_FOR_POOL = 4096
+# Files (or zip entries, by their declared size) larger than this are skipped unread: no image of a training set
+# is that big, and a zip bomb would otherwise be inflated into memory. Images of more than
+# PIL.Image.MAX_IMAGE_PIXELS pixels (decompression bombs) are skipped before decoding.
+MAX_FILE_BYTES = 256 * 2**20
 _CACHE_FORMAT = 1
 
 log = logging.getLogger(__name__)
@@ -72,21 +79,45 @@ def to_array(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
   return array[..., None] if channels == 1 else array
 
 
-def _decode_bytes(data: bytes, image_size: int, channels: int) -> Optional[np.ndarray]:
+def _decode_bytes(data: Optional[bytes], image_size: int, channels: int) -> Optional[np.ndarray]:
+  if data is None:  # unreadable, see _read_all
+    return None
   try:
-    with Image.open(io.BytesIO(data)) as image:
-      image.load()
-      return to_array(image, image_size, channels)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-    return None  # PIL's errors for truncated, empty or unrecognised files
+    with warnings.catch_warnings():
+      # Pillow only warns between MAX_IMAGE_PIXELS and twice that, then decodes: skip those before decoding too.
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return to_array(image, image_size, channels)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    return None  # PIL's errors for truncated, empty, unrecognised or oversized files
 
 
-def _read_all(root: str, names: Sequence[str]) -> List[bytes]:
-  """The encoded files, read once in this process: each ZipFile open re-parses the whole central directory."""
+def _read_file(path: str) -> Optional[bytes]:
+  try:
+    if os.stat(path).st_size > MAX_FILE_BYTES:
+      return None
+    return pathlib.Path(path).read_bytes()
+  except OSError:  # a dangling symlink, no permission, a file removed since listing: skipped and counted
+    return None
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str) -> Optional[bytes]:
+  try:
+    if archive.getinfo(name).file_size > MAX_FILE_BYTES:  # zipfile never inflates past the declared size
+      return None
+    return archive.read(name)
+  except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError):
+    return None  # corrupt data (bad CRC), an encrypted entry, an unsupported compression: skipped and counted
+
+
+def _read_all(root: str, names: Sequence[str]) -> List[Optional[bytes]]:
+  """The encoded files (None: unreadable), read once in this process: each ZipFile open re-parses the whole
+  central directory."""
   if os.path.isdir(root):
-    return [pathlib.Path(root, name).read_bytes() for name in names]
+    return [_read_file(os.path.join(root, name)) for name in names]
   with zipfile.ZipFile(root) as archive:
-    return [archive.read(name) for name in names]
+    return [_read_entry(archive, name) for name in names]
 
 
 def _decode_chunk(encoded: Sequence[bytes], image_size: int, channels: int):
@@ -139,12 +170,26 @@ def _zip_image_names(path: str) -> List[str]:
 
 def _folder_image_names(path: str) -> List[str]:
   names = []
+  seen = set()  # real directories walked: a symlink to an ancestor would repeat every image below it
   for directory, subdirectories, files in os.walk(path, followlinks=True):
+    real = os.path.realpath(directory)
+    if real in seen:
+      subdirectories[:] = []
+      continue
+    seen.add(real)
     subdirectories.sort()
     relative = pathlib.Path(directory).relative_to(path).as_posix()
     for file in files:
       names.append(file if relative == "." else f"{relative}/{file}")
-  return [name for name in names if _is_image_name(name)]
+  return [name for name in names if _is_image_name(name) and not _is_special(os.path.join(path, name))]
+
+
+def _is_special(path: str) -> bool:
+  """A FIFO, socket or device named like an image: reading a FIFO would block forever."""
+  try:
+    return not stat.S_ISREG(os.stat(path).st_mode)
+  except OSError:
+    return False  # dangling symlink: kept, so that it is counted as a file that failed to read
 
 
 def _labelled(names: Sequence[str], source: str) -> Tuple[List[str], np.ndarray, List[str]]:
@@ -177,8 +222,11 @@ def _fingerprint(path: str, names: Sequence[str]) -> str:
   """Changes whenever the zip or a listed file changes (size or mtime), so a stale cache is never read."""
   digest = hashlib.sha256(os.path.abspath(path).encode())
   for name in names or [""]:
-    stat = os.stat(os.path.join(path, name) if name else path)
-    digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    try:
+      info = os.stat(os.path.join(path, name) if name else path)
+      digest.update(f"{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    except OSError:  # a dangling symlink
+      digest.update(f"{name}:missing\n".encode())
   return digest.hexdigest()
 
 
@@ -231,7 +279,7 @@ def load_folder(path: str, *, image_size: int, channels: int, limit_per_class: O
                             limit_per_class)
     if cache_file:
       _write_cache(cache_file, result)
-  if result.skipped:
+  elif result.skipped:  # _decode_folder names them when it decodes
     log.warning("skipped %d of %d files that failed to decode", result.skipped,
                 result.skipped + len(result.labels))
   return result
@@ -247,6 +295,11 @@ def _decode_folder(path, names, image_size, channels, limit_per_class) -> Decode
   log.info("decoded %d images from %s in %.1f s", len(files), path, time.perf_counter() - started)
   if not decoded.any():
     raise ValueError(f"folder:{path}: none of its {len(files)} image files decoded; are they images?")
+  if not decoded.all():
+    failed = [name for name, ok in zip(files, decoded) if not ok]
+    log.warning("skipped %d of %d files that failed to decode (unreadable, corrupt, truncated, not images, or "
+                "over %d pixels) in %s, e.g. %s", len(failed), len(files), Image.MAX_IMAGE_PIXELS, path,
+                ", ".join(failed[:3]))
   return Decoded(images[decoded], labels[decoded], class_names, skipped=int(np.sum(~decoded)))
 
 
