@@ -9,6 +9,13 @@ from cnnjax.explain.features import activations, layer_names
 from cnnjax.explain.gradients import saliency, saliency_map
 from cnnjax.explain.maximize import maximize_activation
 from cnnjax.explain.metrics import deletion_insertion, randomization_check
+from cnnjax.explain.features import with_one_line_errors as _with_one_line_errors
+
+# Images of another size than the model's, or another model's variables: one line, not flax's scope errors.
+(activations, deletion_insertion, gradcam, gradcam_plus_plus, guided_gradcam, integrated_gradients,
+ maximize_activation, randomization_check, saliency, smoothgrad) = map(_with_one_line_errors, (
+     activations, deletion_insertion, gradcam, gradcam_plus_plus, guided_gradcam, integrated_gradients,
+     maximize_activation, randomization_check, saliency, smoothgrad))
 
 __all__ = [
     "activations", "deletion_insertion", "gradcam", "gradcam_plus_plus", "guided_gradcam",

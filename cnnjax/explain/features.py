@@ -10,6 +10,7 @@ import functools
 import re
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -140,6 +141,8 @@ def resolve_layer(model, input_shape, layer: Optional[str], *, spatial: bool = F
 
   `spatial=True` requires a (B, H, W, C) output, as Grad-CAM needs.
   """
+  if layer is not None and not isinstance(layer, str):
+    raise ValueError(f"layer must be a layer name (a str, see cnnjax.explain.layer_names); got {layer!r}")
   infos = layer_infos(model, input_shape)
   by_name = {info.name: info for info in infos}
   if layer is None:
@@ -229,6 +232,8 @@ def check_images(images, what: str = "images") -> jax.Array:
   if images.ndim != 4:
     raise ValueError(f"{what} must be a (B, H, W, C) batch; got shape {tuple(images.shape)} "
                      "(add a batch axis with images[None] for a single image)")
+  if images.shape[0] == 0:
+    raise ValueError(f"{what} is an empty batch (shape {tuple(images.shape)}); give at least one image")
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f"{what} must be floating point, preprocessed as the model was trained; got dtype "
                      f"{images.dtype} (convert uint8 with the model's preprocessing, or .astype(float32))")
@@ -263,3 +268,21 @@ def activations(model, variables, images, layers) -> Dict[str, jax.Array]:
   resolved = tuple(resolve_layer(model, images.shape[1:], name).name for name in names)
   outputs = _activations(static_model(model), variables, images, resolved)
   return {name: outputs[real] for name, real in zip(names, resolved)}
+
+
+def with_one_line_errors(explainer):
+  """`explainer` with flax's errors for variables that do not fit the model on these images (images of another
+  size or channel count than the model was trained on, or another model's variables) as a one-line ValueError."""
+  @functools.wraps(explainer)
+  def wrapped(model, variables, *args, **kwargs):
+    try:
+      return explainer(model, variables, *args, **kwargs)
+    except (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError,
+            flax.errors.ScopeCollectionNotFound) as error:
+      images = args[0] if args and hasattr(args[0], "shape") else None
+      where = f" on images of shape {tuple(images.shape[1:])}" if images is not None else ""
+      reason = str(error).split(" (https://")[0].rstrip(". ")
+      raise ValueError(f"the variables do not fit {type(unwrap_model(model)).__name__}{where}: {reason}; give "
+                       "images of the size and channels the model was trained on (and this model's own "
+                       "variables)") from None
+  return wrapped

@@ -120,8 +120,15 @@ def _restore(manager: ocp.CheckpointManager, state) -> Optional[Tuple[Any, Dict]
   if step is None:
     return None
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                           record=ocp.args.JsonRestore()))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                             record=ocp.args.JsonRestore()))
+  except Exception as error:  # orbax and tensorstore raise many types, some over many lines
+    reason = " ".join(str(error).split())[:200] or type(error).__name__
+    raise ValueError(f"cannot restore the checkpoint of step {step} in {manager.directory} ({reason}); it is damaged, "
+                     f"or it was written by another model or config than the workdir's config.json: restore the "
+                     f"workdir from a copy, or move {manager.directory}/{step} away to use an earlier "
+                     "checkpoint") from error
   tree = restored["state"]
   return state.replace(**tree), restored["record"]
 

@@ -381,17 +381,24 @@ def restore(workdir: str):
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise ValueError(f"{workdir} is not a train.py workdir (no config.json); pass the --workdir of a run")
-  with open(config_path) as f:
-    config = config_lib.from_json(f.read())
-  if config.get("phases"):  # a phased run: the weights of its last phase
-    return restore(os.path.join(workdir, f"phase{len(config.phases)}"))
-  model = create_model(config)
-  tx = create_optimizer(config, model, optim.create_schedule(config, 1))
-  abstract = jax.eval_shape(lambda: step_lib.create_train_state(model, tx, image_shape(config), config.seed))
+  try:
+    with open(config_path) as f:
+      config = config_lib.from_json(f.read())
+    if config.get("phases"):  # a phased run: the weights of its last phase
+      return restore(os.path.join(workdir, f"phase{len(config.phases)}"))
+    model = create_model(config)
+    tx = create_optimizer(config, model, optim.create_schedule(config, 1))
+    abstract = jax.eval_shape(lambda: step_lib.create_train_state(model, tx, image_shape(config), config.seed))
+    keep = config.keep_checkpoints
+  except (ValueError, AttributeError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+    raise ValueError(f"{config_path} is not a usable train.py config ({' '.join(str(error).split())[:300]}); "
+                     "restore the workdir's config.json from a copy of the run") from None
   abstract = jax.tree_util.tree_map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=jax.sharding.SingleDeviceSharding(
           jax.local_devices()[0])), abstract)
-  checkpoints = checkpoint_lib.Checkpoints(workdir, config.keep_checkpoints)
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # reading must not create directories
+    raise ValueError(f"{workdir} has no checkpoint yet; train first: python train.py --workdir {workdir} ...")
+  checkpoints = checkpoint_lib.Checkpoints(workdir, keep)
   try:
     restored = checkpoints.restore_best(abstract) or checkpoints.restore_latest(abstract)
   finally:
