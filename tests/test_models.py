@@ -376,8 +376,6 @@ def test_summary_prints_the_keras_table_and_totals():
   assert_one_line_value_error("input_shape", models.summary, models.create("lenet5", num_classes=10), (32, 32))
 
 
-@pytest.mark.skipif(not os.environ.get("CNNJAX_KERAS_TESTS"),
-                    reason="slow (about a minute: builds Keras models); set CNNJAX_KERAS_TESTS=1")
 @pytest.mark.parametrize("name, size", [("mobilenet", 65), ("resnet50", 64)])
 def test_matches_keras_applications_with_the_same_weights(name, size):
   os.environ.setdefault("KERAS_BACKEND", "jax")

@@ -19,10 +19,6 @@ from PIL import Image  # noqa: E402
 
 from cnnjax import pretrained  # noqa: E402
 
-SLOW_KERAS = pytest.mark.skipif(not os.environ.get("CNNJAX_KERAS_TESTS"),
-                                reason="slow (builds a Keras ResNet50); set CNNJAX_KERAS_TESTS=1")
-
-
 @pytest.fixture(scope="module")
 def keras():
   return pytest.importorskip("keras", reason="keras is a test peer: pip install -r requirements-peers.txt")
@@ -160,7 +156,6 @@ def legacy_weights_file(model, path):
     legacy_h5_format.save_weights_to_hdf5_group(file, model)
 
 
-@SLOW_KERAS
 def test_keras_resnet50_weights_file_matches_keras(keras, tmp_path):
   reference = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=7,
                                           classifier_activation=None)
