@@ -12,6 +12,9 @@
   torchvision VGG / ResNet (ResNet50 built with `stride_on_3x3=True`, torchvision's v1.5).
 `arch` is inferred from the layer names when None; `options` go to `cnnjax.models.create`. Every model returns
 logits. A file that does not fit raises a one-line ValueError naming the first layer that differs.
+Nothing is unpickled: PyTorch files are read with `torch.load(weights_only=True)` and .npz files with
+`allow_pickle=False`, so a file holding pickled Python objects (which run code when loaded) is refused;
+`load(path, allow_pickle=True)` opts in for files from a source you trust.
 """
 from cnnjax.pretrained.keras_h5 import SequentialFromKeras
 from cnnjax.pretrained.preprocessing import decode_predictions, imagenet_class_names, preprocess, preprocessing_for

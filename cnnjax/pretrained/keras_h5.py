@@ -109,8 +109,13 @@ def load_application(path: str, arch: Optional[str] = None, *, num_classes: Opti
   """
   with open_file(path) as file:
     names = layer_names(file)
-    arch = arch or application_arch(names, path)
+    found = application_arch(names, path)
     tensors = layer_tensors(file, path)
+  arch = arch or found
+  if arch not in models.names() or not any(arch.startswith(family) for family in _TOP_LAYERS) or \
+      _family(arch) != _family(found):
+    raise ValueError(f"{path}: holds {found} weights, which cannot be loaded as arch={arch!r}; use arch={found!r} "
+                     f"or another file")
   family = _family(arch)
   top = has_top(names, arch)
   image_shape = (224, 224, 3)

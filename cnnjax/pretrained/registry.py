@@ -1,6 +1,7 @@
 """Which importer reads a weight file, and which source (framework + architecture family) it holds."""
 from pathlib import Path
 
+from cnnjax import models
 from cnnjax.pretrained import keras_h5, torch_weights
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -27,7 +28,7 @@ def file_format(path: str) -> str:
                    f"are not supported, save with model.save('x.h5')")
 
 
-def source_of(path: str) -> str:
+def source_of(path: str, allow_pickle: bool = False) -> str:
   """'keras:<arch>', 'keras:model' or 'torch:<family>' (keys of `preprocessing.MODES`)."""
   path = str(path)
   kind = file_format(path)
@@ -36,18 +37,24 @@ def source_of(path: str) -> str:
   if kind == "keras_weights":
     with keras_h5.open_file(path) as file:
       return f"keras:{keras_h5.application_arch(keras_h5.layer_names(file), path)}"
-  state = torch_weights.read_state_dict(path)
+  state = torch_weights.read_state_dict(path, allow_pickle)
   return f"torch:{torch_weights.family(torch_weights.torch_arch(state, path))}"
 
 
-def load(path, arch=None, **options):
-  """(model, variables) from a Keras HDF5 file or a PyTorch state dict; see `cnnjax.pretrained`."""
+def load(path, arch=None, *, allow_pickle: bool = False, **options):
+  """(model, variables) from a Keras HDF5 file or a PyTorch state dict; see `cnnjax.pretrained`.
+
+  allow_pickle=True lets a PyTorch or .npz file hold pickled Python objects (refused by default: unpickling runs
+  code); Keras HDF5 files are never unpickled.
+  """
   path = str(path)
   kind = file_format(path)
+  if arch is not None and arch not in models.names():
+    raise ValueError(f"unknown arch={arch!r}; use one of {', '.join(models.names())} (or None to infer it)")
   if kind == "keras_model":
     if arch is not None:
       raise ValueError(f"{path}: a full Keras model file defines its own architecture; drop arch={arch!r}")
     return keras_h5.load_full_model(path, **options)
   if kind == "keras_weights":
     return keras_h5.load_application(path, arch, **options)
-  return torch_weights.load_state_dict(path, arch, **options)
+  return torch_weights.load_state_dict(path, arch, allow_pickle=allow_pickle, **options)

@@ -2,6 +2,10 @@
 VGG and ResNet, from `.npz` twins (numpy arrays under the state-dict keys) or, when torch is installed, from
 `.pth`/`.pt`/`.th` files read with `torch.load(weights_only=True)`.
 
+Neither reader unpickles: a pickle can run any code while it loads, so a file holding Python objects besides
+tensors and plain containers (a whole pickled model, an .npz with object arrays, or a malicious file) is refused.
+`allow_pickle=True` opts in, for files from a source you trust.
+
 PyTorch layouts: conv weights OIHW (-> HWIO), linear weights (out, in) (-> (in, out)), BatchNorm
 `weight, bias, running_mean, running_var` (-> scale, bias, mean, var). torchvision's VGG flattens its last feature
 map in (C, H, W) order, cnnjax (like Keras) in (H, W, C): the rows of `classifier.0.weight` are permuted to match.
@@ -29,24 +33,42 @@ def _strip(state: dict) -> Dict[str, np.ndarray]:
           for key, value in state.items() if not key.endswith("num_batches_tracked")}
 
 
-def _read_npz(path: str) -> Dict[str, np.ndarray]:
+def _pickle_refused(path: str, what: str) -> ValueError:
+  return ValueError(f"{path}: refused to unpickle {what}: unpickling can run arbitrary code, so weight files are read "
+                    f"as plain arrays only (weights_only=True, allow_pickle=False); if you trust the file, pass "
+                    f"allow_pickle=True, or re-save it as a state dict of tensors")
+
+
+def _read_npz(path: str, allow_pickle: bool = False) -> Dict[str, np.ndarray]:
   try:
-    with np.load(path) as arrays:
+    with np.load(path, allow_pickle=allow_pickle) as arrays:
       return {key: np.asarray(arrays[key], np.float32) for key in arrays.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+  except ValueError as error:
+    if "Object arrays" in str(error):
+      raise _pickle_refused(path, "its object arrays") from None
+    if "pickled data" in str(error):  # neither a zip nor an .npy: numpy would take it for a pickle
+      raise ValueError(f"{path}: not a readable .npz file, it is truncated or corrupt (or a pickle, which is not "
+                       "unpickled unless allow_pickle=True); download or save it again") from None
+    raise ValueError(f"{path}: not a readable .npz file, it is truncated or corrupt ({error}); "
+                     f"download or save it again") from None
+  except (OSError, EOFError, zipfile.BadZipFile) as error:
     raise ValueError(f"{path}: not a readable .npz file, it is truncated or corrupt ({error}); "
                      f"download or save it again") from None
 
 
-def _read_torch(path: str) -> Dict[str, np.ndarray]:
+def _read_torch(path: str, allow_pickle: bool = False) -> Dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise ValueError(f"{path}: reading PyTorch files needs torch (pip install torch), or convert it to .npz with "
                      f"np.savez(out, **{{k: v.numpy() for k, v in state_dict.items()}})") from None
   try:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
   except Exception as error:  # torch raises many types for bad files  # pylint: disable=broad-except
+    pickled = re.search(r"GLOBAL ([\w.]+)", str(error))  # weights_only met a class or function to import
+    if pickled:
+      raise _pickle_refused(path, f"{pickled.group(1)} (the file holds Python objects besides tensors, such as "
+                            "a pickled model)") from None
     raise ValueError(f"{path}: torch.load failed, the file is truncated, corrupt or not a state dict "
                      f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
   state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
@@ -55,8 +77,29 @@ def _read_torch(path: str) -> Dict[str, np.ndarray]:
   return {key: value.detach().cpu().float().numpy() for key, value in state.items() if hasattr(value, "numpy")}
 
 
-def read_state_dict(path: str) -> Dict[str, np.ndarray]:
-  state = _read_npz(path) if path.endswith(".npz") else _read_torch(path)
+class _Reads(dict):
+  """A state dict that records which tensors the conversion read."""
+
+  def __init__(self, *args):
+    super().__init__(*args)
+    self.read = set()
+
+  def __getitem__(self, key):
+    self.read.add(key)
+    return super().__getitem__(key)
+
+  def get(self, key, default=None):
+    if key in self:
+      self.read.add(key)
+    return super().get(key, default)
+
+
+def read_state_dict(path: str, allow_pickle: bool = False) -> Dict[str, np.ndarray]:
+  """{key: float32 array} of a .npz or PyTorch file, `module.` prefixes and BatchNorm step counters dropped.
+
+  allow_pickle=True lets the file hold pickled Python objects, which run code when loaded: trusted files only.
+  """
+  state = _read_npz(path, allow_pickle) if path.endswith(".npz") else _read_torch(path, allow_pickle)
   return _strip(state)
 
 
@@ -188,9 +231,9 @@ def _require(state, key: str, path: str) -> np.ndarray:
   return state[key]
 
 
-def load_state_dict(path: str, arch: Optional[str] = None, **options):
+def load_state_dict(path: str, arch: Optional[str] = None, *, allow_pickle: bool = False, **options):
   """A PyTorch state dict (.npz twin, or .pth/.pt/.th with torch) -> (model, variables)."""
-  state = read_state_dict(path)
+  state = _Reads(read_state_dict(path, allow_pickle))
   found = torch_arch(state, path)
   arch = arch or found
   if arch not in models.names() or family(arch) != family(found):
@@ -213,4 +256,9 @@ def load_state_dict(path: str, arch: Optional[str] = None, **options):
     tensors = _resnet_tensors(state, head, model.conv_bias)
     convert.shift_bn_epsilon(tensors, TORCH_BN_EPSILON, model.bn_epsilon)
     image_shape = (32, 32, 3) if family(arch) == "resnet_cifar" else (224, 224, 3)
-  return model, convert.assemble(model, image_shape, tensors, source=path, arch=arch)
+  variables = convert.assemble(model, image_shape, tensors, source=path, arch=arch)
+  unused = sorted(set(state) - state.read)
+  if unused:  # layers the architecture lacks: loading the rest would silently drop them
+    raise ValueError(f"{path}: tensors {', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''} have no place in "
+                     f"{arch}; the file holds another architecture (or one with extra layers): check arch=")
+  return model, variables
