@@ -118,9 +118,10 @@ def test_read_only_or_full_workdir_at_the_second_checkpoint(image_folder, refere
   assert_one_line(error.value, f"to {workdir}/checkpoints/latest: {says}", "rerun the same command")
   assert error.value.errno == code
   assert complete_steps(workdir)[0] == complete_steps(workdir, "best")[0] == [4]
-  monkeypatch.undo()
-  loop.train_and_evaluate(config_of(image_folder), str(workdir))
-  assert_same_run(workdir, reference)
+  if code == errno.EROFS:  # the cause changes only the message: one rerun shows the recovery for all three
+    monkeypatch.undo()
+    loop.train_and_evaluate(config_of(image_folder), str(workdir))
+    assert_same_run(workdir, reference)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions; the EACCES case above injects them")
