@@ -42,8 +42,11 @@ class Checkpoints:
     """
     step = int(jax.device_get(state.step))
     args = ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)), record=ocp.args.JsonSave(record))
-    for manager, save in ((self.latest, True), (self.best, is_best)):
-      if not save:
+    # Best first: a run killed between the two saves resumes from the older latest checkpoint, redoes this
+    # epoch and finds its best checkpoint already written, and identical (data order and RNG are part of the
+    # state). Latest first, the resumed run would skip the epoch and never save it as the best.
+    for manager, save in ((self.best, is_best), (self.latest, True)):
+      if not save or step in manager.all_steps():
         continue
       with _quiet_orbax_threads():
         try:

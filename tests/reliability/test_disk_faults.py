@@ -80,11 +80,12 @@ def test_disk_full_while_saving_is_one_line_and_the_rerun_ends_as_if_nothing_hap
   assert "Traceback" not in done.stderr, done.stderr[-3000:]
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith("error: could not write the checkpoint of step ")
-  assert f"{workdir}/checkpoints/latest: the disk is full" in last and "free some space" in last, last
+  assert f"{workdir}/checkpoints/" in last and "the disk is full" in last and "free some space" in last, last
   assert "rerun the same command" in last
 
-  steps, leftovers = complete_steps(workdir)
-  assert steps == [saved_step] and leftovers, "the epoch-1 checkpoint and the torn one beside it"
+  (steps, torn), (best_steps, best_torn) = complete_steps(workdir), complete_steps(workdir, "best")
+  assert steps == best_steps == [saved_step], "only the epoch-1 checkpoint is complete"
+  assert torn or best_torn, "the torn one is left beside it, and ignored"
   loop.restore(str(workdir))  # the previous checkpoint is intact
   loop.train_and_evaluate(config_of(image_folder), str(workdir))
   assert_same_run(workdir, reference)
@@ -115,7 +116,7 @@ def test_read_only_or_full_workdir_at_the_second_checkpoint(image_folder, refere
   faults.fault_on_save(monkeypatch, 2, lambda: faults.failing_writes(monkeypatch, workdir, code))
   with pytest.raises(workdir_lib.WriteError) as error:
     loop.train_and_evaluate(config_of(image_folder), str(workdir))
-  assert_one_line(error.value, f"to {workdir}/checkpoints/latest: {says}", "rerun the same command")
+  assert_one_line(error.value, f"to {workdir}/checkpoints/", says, "rerun the same command")
   assert error.value.errno == code
   assert complete_steps(workdir)[0] == complete_steps(workdir, "best")[0] == [4]
   if code == errno.EROFS:  # the cause changes only the message: one rerun shows the recovery for all three
@@ -196,3 +197,29 @@ def test_weights_that_blew_up_are_never_saved_as_best(image_folder, tmp_path, no
   assert record["history"][-1]["epoch"] == 0
   _, variables, _ = loop.restore(str(workdir))
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(variables))
+
+
+# --- killed between the two saves of an epoch's end ----------------------------------------------------------
+
+def test_killed_between_the_best_and_the_latest_save_resumes_exactly(image_folder, reference, tmp_path,
+                                                                     monkeypatch):
+  # Epoch 2 (step 8) is the best epoch: it goes to both managers. The run dies right after the first of the
+  # two writes, whichever it is; the rerun must still end with epoch 2 as the best.
+  import orbax.checkpoint as ocp
+  real_save = ocp.CheckpointManager.save
+  saved = []
+
+  def save(self, step, *args, **kwargs):
+    result = real_save(self, step, *args, **kwargs)
+    self.wait_until_finished()
+    saved.append(step)
+    if saved.count(8) == 1:
+      raise KeyboardInterrupt("killed between the two saves")
+    return result
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  workdir = tmp_path / "run"
+  with pytest.raises(KeyboardInterrupt):
+    loop.train_and_evaluate(config_of(image_folder), str(workdir))
+  monkeypatch.undo()
+  loop.train_and_evaluate(config_of(image_folder), str(workdir))
+  assert_same_run(workdir, reference)
