@@ -4,18 +4,16 @@
 
 For simple_cnn (32px) and resnet50 (224px) at batch 1 and 32: images/s of a plain forward pass, saliency,
 guided backprop, Grad-CAM and guided Grad-CAM, each after its compilation (compile time reported separately),
-the median of `--repeats` timed calls, and each explainer's time and XLA FLOP count divided by those of the
-forward pass of the same batch (the goal: Grad-CAM <= 1.3x, saliency <= 3x). Interleaved in one process, so the ratios share the machine's
-state. Prints a Markdown table for bench/RESULTS.md.
+the median of `--repeats` interleaved rounds (bench/common.py), and each explainer's time and XLA FLOP count
+divided by those of the forward pass of the same batch (the goal: Grad-CAM <= 1.3x, saliency <= 3x). Prints a
+Markdown table for bench/RESULTS.md. The side-by-side comparison with captum and pytorch-grad-cam is run.py's.
 """
 import argparse
 import datetime
 import functools
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -26,6 +24,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 from cnnjax import explain, models  # noqa: E402
 
 CASES = (("simple_cnn", 32, 10), ("resnet50", 224, 1000))
@@ -53,26 +53,6 @@ def random_variables(model, image_size: int):
                                 if s.ndim > 1 else jnp.ones(s.shape, s.dtype), shapes)
 
 
-def time_calls(function, repeats: int):
-  started = time.perf_counter()
-  jax.block_until_ready(function())
-  compile_seconds = time.perf_counter() - started
-  durations = []
-  for _ in range(repeats):
-    started = time.perf_counter()
-    jax.block_until_ready(function())
-    durations.append(time.perf_counter() - started)
-  return compile_seconds, statistics.median(durations)
-
-
-def flops(function, model, variables, images, targets) -> float:
-  """XLA's FLOP count of the compiled computation: a cost measure the machine's load cannot disturb."""
-  traced = jax.jit(lambda v, x, t: function(model, v, x, t))
-  analysis = traced.lower(variables, images, targets).compile().cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  return float(analysis.get("flops", float("nan")))
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="batch 1 and 8 for resnet50, 3 repeats")
@@ -81,22 +61,24 @@ def main():
   repeats = 3 if args.quick else args.repeats
   print(f"# explain_speed: {datetime.date.today()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, jax {jax.__version__}, flax {flax.__version__}, backend {jax.default_backend()}")
-  print("| model | batch | method | compile s | median s | images/s | time x forward | FLOPs x forward |")
-  print("|---|---|---|---|---|---|---|---|")
+  rows = []
   for name, image_size, num_classes in CASES:
     model = models.create(name, num_classes=num_classes)
     variables = random_variables(model, image_size)
     for batch in (1, 8 if args.quick and name == "resnet50" else 32):
       images = jnp.asarray(np.random.default_rng(1).random((batch, image_size, image_size, 3)), jnp.float32)
       targets = jnp.arange(batch) % num_classes
-      forward_seconds = forward_flops = None
-      for method, function in METHODS.items():
-        compile_seconds, seconds = time_calls(lambda: function(model, variables, images, targets), repeats)
-        method_flops = flops(function, model, variables, images, targets)
-        forward_seconds, forward_flops = forward_seconds or seconds, forward_flops or method_flops
-        print(f"| {name} {image_size}px | {batch} | {method} | {compile_seconds:.1f} | {seconds:.4f} | "
-              f"{batch / seconds:.1f} | {seconds / forward_seconds:.2f} | {method_flops / forward_flops:.3f} |",
-              flush=True)
+      timed = common.interleave({method: functools.partial(function, model, variables, images, targets)
+                                 for method, function in METHODS.items()}, repeats=repeats, target_seconds=0.5)
+      flops = {method: common.xla_flops(lambda v, x, t, f=function: f(model, v, x, t), variables, images, targets)
+               for method, function in METHODS.items()}
+      for method, result in timed.items():
+        rows.append({"model": f"{name} {image_size}px", "batch": batch, "method": method,
+                     "compile s": result["compile_s"], "median s": result["median_s"],
+                     "images/s": batch / result["median_s"],
+                     "time x forward": result["median_s"] / timed["forward"]["median_s"],
+                     "FLOPs x forward": flops[method] / flops["forward"]})
+      print(common.markdown(rows[-len(timed):], list(rows[-1])), flush=True)
 
 
 if __name__ == "__main__":

@@ -153,12 +153,39 @@ class Conv(nn.Module):
                         (*self.kernel_size, in_features // self.feature_group_count, self.features))
     dtype = self.dtype or inputs.dtype
     padding = self.padding.upper() if isinstance(self.padding, str) else self.padding
-    outputs = lax.conv_general_dilated(
-        inputs.astype(dtype), kernel.astype(dtype), window_strides=self.strides, padding=padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.feature_group_count)
+    if self.feature_group_count == 1 and xla_swaps_conv_operands(inputs.shape[1:3], self.kernel_size):
+      outputs = conv_as_matmul(inputs.astype(dtype), kernel.astype(dtype), self.strides, padding)
+    else:
+      outputs = lax.conv_general_dilated(
+          inputs.astype(dtype), kernel.astype(dtype), window_strides=self.strides, padding=padding,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.feature_group_count)
     if self.use_bias:
       outputs = outputs + self.param("bias", nn.initializers.zeros, (self.features,)).astype(dtype)
     return activate(outputs, self.activation)
+
+
+def xla_swaps_conv_operands(spatial: Sequence[int], kernel_size: Sequence[int]) -> bool:
+  """Whether XLA's ConvOperandSwapper will make the image the kernel: when the kernel window holds more pixels
+  than the feature map (a 3x3 conv on VGG16's 2x2 block5 maps at 32px input, on ResNet50's 1x1 stage-5 maps
+  at 32px). XLA:CPU runs that swapped convolution, and the input gradient of such a layer, in a naive loop,
+  30-60x slower than the same FLOPs as a matmul (bench/RESULTS.md)."""
+  return kernel_size[0] * kernel_size[1] > spatial[0] * spatial[1]
+
+
+def conv_as_matmul(inputs, kernel, strides: Sequence[int], padding: Padding):
+  """`lax.conv_general_dilated` (NHWC, HWIO, no dilation or groups) as im2col + one matmul: the (N, H', W',
+  kh*kw*C) patches times the kernel reshaped to (kh*kw*C, O). Cheap on the small maps it is used for; its
+  gradients are matmuls, pads and slices too."""
+  kh, kw = kernel.shape[:2]
+  pads = lax.padtype_to_pads(inputs.shape[1:3], (kh, kw), strides, padding) if isinstance(padding, str) else padding
+  padded = jnp.pad(inputs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  out_h = (padded.shape[1] - kh) // strides[0] + 1
+  out_w = (padded.shape[2] - kw) // strides[1] + 1
+  if out_h < 1 or out_w < 1:  # the window does not fit: an empty map, as lax returns
+    return jnp.zeros((inputs.shape[0], max(out_h, 0), max(out_w, 0), kernel.shape[-1]), inputs.dtype)
+  patches = [padded[:, i:i + (out_h - 1) * strides[0] + 1:strides[0], j:j + (out_w - 1) * strides[1] + 1:strides[1]]
+             for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(patches, axis=-1) @ kernel.reshape(-1, kernel.shape[-1])
 
 
 class Dense(nn.Module):

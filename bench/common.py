@@ -1,0 +1,125 @@
+"""What every benchmark shares: the interleaved timer, XLA's FLOP count, the environment record and the
+Markdown table writer."""
+import datetime
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+import traceback
+from importlib import metadata
+from typing import Callable, Dict, List, Optional, Sequence
+
+import jax
+
+
+def block(value):
+  """Waits for JAX's asynchronous results (torch and numpy values are already computed)."""
+  return jax.block_until_ready(value)
+
+
+def interleave(calls: Dict[str, Callable[[], object]], *, repeats: int, target_seconds: float,
+               max_inner: int = 50, log: Optional[Callable[[str], None]] = None) -> Dict[str, dict]:
+  """Times every call of `calls` side by side: A B C A B C ... so the machine's load hits all of them alike.
+
+  Each call must return only once its work is done (JAX outputs are blocked on here). Per call: the first run
+  is the compile / warm-up (`compile_s`), a second untimed run sizes `inner` (runs per timed repeat, so a
+  repeat lasts about `target_seconds`), then `repeats` rounds of `inner` runs; `median_s` is the median over
+  rounds of the per-run time. A call that raises gets `error` (its first line) instead of timings.
+  """
+  results = {}
+  for name, call in calls.items():
+    try:
+      started = time.perf_counter()
+      block(call())
+      compile_s = time.perf_counter() - started
+      started = time.perf_counter()
+      block(call())
+      warm_s = time.perf_counter() - started
+      inner = max(1, min(max_inner, math.ceil(target_seconds / max(warm_s, 1e-6))))
+      results[name] = {"compile_s": compile_s, "inner": inner, "runs": []}
+    except Exception as error:  # any failure of a peer is recorded, not fatal  # pylint: disable=broad-except
+      results[name] = {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"}
+      if os.environ.get("BENCH_DEBUG"):
+        traceback.print_exc()
+    if log:
+      log(f"  warm-up {name}: {results[name]}")
+  for _ in range(repeats):
+    for name, call in calls.items():
+      result = results[name]
+      if "error" in result:
+        continue
+      started = time.perf_counter()
+      for _ in range(result["inner"]):
+        block(call())
+      result["runs"].append((time.perf_counter() - started) / result["inner"])
+  for result in results.values():
+    if "runs" in result:
+      result["median_s"] = statistics.median(result["runs"])
+  return results
+
+
+def flops_of(compiled) -> float:
+  """XLA's FLOP count of a compiled computation: exact, and independent of the machine's load."""
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float(analysis.get("flops", float("nan")))
+
+
+def xla_flops(function, *args) -> float:
+  return flops_of(jax.jit(function).lower(*args).compile())
+
+
+def _version(package: str) -> str:
+  try:
+    return metadata.version(package)
+  except metadata.PackageNotFoundError:
+    return "not installed"
+
+
+def environment() -> dict:
+  """Machine, versions, date and load: what RESULTS.md records beside every figure."""
+  try:
+    model = next(line.split(":", 1)[1].strip() for line in subprocess.run(
+        ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines() if line.startswith("Model name"))
+  except StopIteration:
+    model = platform.processor() or platform.machine()
+  return {
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "cpu": model, "cores": os.cpu_count(), "load_average": os.getloadavg(),
+      "python": platform.python_version(),
+      "versions": {package: _version(package) for package in (
+          "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "keras", "captum", "grad-cam", "numpy")},
+      "jax_backend": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def _cell(value) -> str:
+  if value is None:
+    return ""
+  if isinstance(value, float):
+    if math.isnan(value):
+      return "n/a"
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+  return str(value)
+
+
+def markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(_cell(row.get(column)) for column in columns) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
+  if numerator is None or denominator is None or denominator == 0:
+    return None
+  return numerator / denominator
+
+
+def images_per_second(result: dict, batch: int) -> Optional[float]:
+  return batch / result["median_s"] if "median_s" in result else None
+
+
+def sections_markdown(sections: Dict[str, List[dict]], columns: Dict[str, Sequence[str]]) -> str:
+  return "\n\n".join(f"### {title}\n\n{markdown(rows, columns[title])}" for title, rows in sections.items() if rows)

@@ -1,0 +1,93 @@
+"""The two XLA:CPU work-arounds of issue 5 (bench/RESULTS.md): convolutions on maps smaller than their kernel
+window run as im2col matmuls, and importing cnnjax takes convolutions off XLA's YNNPACK list."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cnnjax import models
+from cnnjax.models import layers
+
+CASES = [  # (H, W), kernel, strides, padding
+    ((2, 2), (3, 3), (1, 1), "SAME"),
+    ((1, 1), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((2, 3), (3, 3), (2, 2), "SAME"),
+    ((2, 2), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((1, 2), (3, 3), (1, 1), "VALID"),
+]
+
+
+@pytest.mark.parametrize("spatial,kernel_size,strides,padding", CASES)
+def test_conv_as_matmul_equals_lax_conv_and_its_gradients(spatial, kernel_size, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3, *spatial, 5)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((*kernel_size, 5, 4)), jnp.float32)
+
+  def reference(x, w):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def as_matmul(x, w):
+    return layers.conv_as_matmul(x, w, strides, padding)
+
+  expected, got = reference(x, w), as_matmul(x, w)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+  for want, have in zip(jax.grad(loss(reference), (0, 1))(x, w), jax.grad(loss(as_matmul), (0, 1))(x, w)):
+    np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5)
+
+
+def test_only_convolutions_xla_would_swap_take_the_matmul_path():
+  assert layers.xla_swaps_conv_operands((2, 2), (3, 3))
+  assert layers.xla_swaps_conv_operands((1, 1), (3, 3))
+  assert not layers.xla_swaps_conv_operands((3, 3), (3, 3))
+  assert not layers.xla_swaps_conv_operands((1, 1), (1, 1))
+  # VGG16 at 32px: block5 sees 2x2 maps; its compiled forward holds matmuls there, not convolutions.
+  model = models.create("vgg16", num_classes=10, batch_norm=True, head="gap")
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  hlo = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, jnp.zeros((2, 32, 32, 3))).as_text()
+  assert hlo.count("stablehlo.convolution") == 10  # blocks 1-4; the 3 convs of block5 are matmuls
+
+
+def _xla_flags_after_import(environment):
+  code = "import os, cnnjax; print(os.environ.get('XLA_FLAGS', ''))"
+  return subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True,
+                        check=True).stdout.strip()
+
+
+def test_import_takes_convolutions_off_ynnpack_unless_told_otherwise():
+  base = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "CNNJAX_XLA_FLAGS")}
+  jaxlib = __import__("importlib").metadata.version("jaxlib")
+  flags = _xla_flags_after_import({**base, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  if jaxlib.startswith("0.10."):
+    assert flags == ("--xla_force_host_platform_device_count=2 "
+                     "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+  else:
+    assert flags == "--xla_force_host_platform_device_count=2"
+  mine = "--xla_cpu_experimental_ynn_fusion_type="
+  assert _xla_flags_after_import({**base, "XLA_FLAGS": mine}) == mine
+  assert _xla_flags_after_import({**base, "CNNJAX_XLA_FLAGS": "0"}) == ""
+
+
+def test_flag_and_compiler_options_take_convolutions_only_off_ynnpack():
+  """What `import cnnjax` sets (XLA_FLAGS) and cnnjax.XLA_CPU_COMPILER_OPTIONS compile alike: convolutions leave
+  YNNPACK, reductions and matmuls stay."""
+  code = """if True:
+    import cnnjax, jax, jax.numpy as jnp
+    x, w = jnp.ones((8, 16, 16, 64)), jnp.ones((3, 3, 64, 64))
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    functions = {"conv": conv, "reduce": lambda x, w: x.mean((0, 1, 2)), "dot": lambda x, w: x @ w[0, 0]}
+    for options in (None, cnnjax.XLA_CPU_COMPILER_OPTIONS):  # the flag alone; the options overriding it
+      print(sorted(name for name, f in functions.items()
+                   if "ynn_fusion" in jax.jit(f).lower(x, w).compile(options).as_text()))"""
+  base = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "CNNJAX_XLA_FLAGS")}
+  if not __import__("importlib").metadata.version("jaxlib").startswith("0.10."):
+    pytest.skip("the flag is set for the tested jaxlib only")
+  lines = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+  assert lines[:2] == ["['dot', 'reduce']", "['dot', 'reduce']"]
