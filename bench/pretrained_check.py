@@ -3,7 +3,8 @@
   python bench/pretrained_check.py [--images 5000]
 
 - CIFAR ResNet-20/32/44/56 (PyTorch .npz): accuracy on `--images` images of cifar10_jpeg/train.zip (their
-  training split: a training-set figure), 'torch' preprocessing. No torch here, so no logit comparison.
+  training split: a training-set figure), 'torch' preprocessing; max |logit difference| against PyTorch running the
+  `.th` file in akamaster's architecture (bench/peers_torch.py).
 - The three Keras CIFAR-10 models: accuracy on the same images and max |logit difference| against Keras 3 (JAX
   backend) running the same file (rebuilt as the weights README shows, with a linear last layer).
 - MobileNet 0.25: top-5 ImageNet classes for every photo in shared/data/photos (224x224 resize), and the max
@@ -74,6 +75,20 @@ def keras_cifar_model(path):
   return model
 
 
+def torch_cifar_logits(path, inputs, batch_size=500):
+  """PyTorch's logits for a CIFAR ResNet `.th` file on NHWC inputs."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from peers_torch import CifarResNet  # pylint: disable=import-outside-toplevel
+  depth = int(path.name[len("resnet"):].split("-")[0])
+  module = CifarResNet((depth - 2) // 6)
+  state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+  module.load_state_dict({key.removeprefix("module."): value for key, value in state.items()}, strict=False)
+  with torch.no_grad():
+    return np.concatenate([module.eval()(torch.from_numpy(np.array(inputs[start:start + batch_size]))
+                                         .permute(0, 3, 1, 2).contiguous()).numpy()
+                           for start in range(0, len(inputs), batch_size)])
+
+
 def photo(path, size=224):
   return np.asarray(Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR), np.float32)
 
@@ -84,10 +99,14 @@ def main():
   args = parser.parse_args()
   images, labels = cifar_images(args.images)
   print(f"CIFAR-10 train.zip, {len(images)} images (training split)")
-  for path in sorted((WEIGHTS / "resnet_cifar").glob("*.npz")):
+  for path in sorted((WEIGHTS / "resnet_cifar").glob("*.th")):
     model, variables = pretrained.load(path)
-    logits = batched_logits(model, variables, pretrained.preprocess(images, pretrained.preprocessing_for(str(path))))
-    print(f"  {path.name}: accuracy {np.mean(logits.argmax(-1) == labels):.4f}")
+    inputs = np.asarray(pretrained.preprocess(images.astype(np.float32), pretrained.preprocessing_for(str(path))))
+    logits = batched_logits(model, variables, inputs)
+    reference = torch_cifar_logits(path, inputs)
+    print(f"  {path.name}: accuracy {np.mean(logits.argmax(-1) == labels):.4f}, max |logit - torch| "
+          f"{np.abs(logits - reference).max():.2e} (logits up to {np.abs(reference).max():.1f}), argmax agrees "
+          f"{np.mean(logits.argmax(-1) == reference.argmax(-1)):.4f}")
   for path in sorted((WEIGHTS / "keras_cifar10").glob("*.h5")):
     model, variables = pretrained.load(path)
     inputs = np.asarray(pretrained.preprocess(images, pretrained.preprocessing_for(str(path))))

@@ -2,7 +2,7 @@
 
 torch and torchvision are test peers (requirements-peers.txt). torchvision's own VGG16 and ResNet50 (v1.5) get
 random weights (BatchNorm statistics randomised too, so the conversion of every tensor matters), are saved
-with `torch.save` and imported; the shipped CIFAR ResNet `.th` files run in a PyTorch transcription of
+with `torch.save` and imported; the shipped CIFAR ResNet `.th` files run in bench/peers_torch.py's transcription of
 akamaster/pytorch_resnet_cifar10 (the code they were trained with).
 """
 import numpy as np
@@ -13,6 +13,7 @@ from test_pretrained import assert_close, cifar_resnet_path
 
 torch = pytest.importorskip("torch", reason="torch is a test peer: pip install -r requirements-peers.txt")
 torchvision = pytest.importorskip("torchvision", reason="pip install -r requirements-peers.txt")
+from bench.peers_torch import CifarResNet  # noqa: E402  # akamaster's architecture, shared with bench/
 nn = torch.nn
 F = torch.nn.functional
 
@@ -48,46 +49,6 @@ def test_torchvision_models_match_torch(arch, size, tmp_path):
   ours = np.asarray(model.apply(variables, images))
   assert_close(ours, torch_logits(module, images))
   assert np.ptp(ours) > 1e-3  # a meaningful comparison: the logits differ between classes
-
-
-class CifarBasicBlock(nn.Module):
-  """akamaster/pytorch_resnet_cifar10 BasicBlock with the option-A shortcut (strided, zero-padded channels)."""
-
-  def __init__(self, in_planes, planes, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.pad = planes // 4 if stride != 1 or in_planes != planes else 0
-
-  def forward(self, inputs):
-    outputs = F.relu(self.bn1(self.conv1(inputs)))
-    outputs = self.bn2(self.conv2(outputs))
-    shortcut = F.pad(inputs[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad)) if self.pad else inputs
-    return F.relu(outputs + shortcut)
-
-
-class CifarResNet(nn.Module):
-
-  def __init__(self, blocks_per_stage, num_classes=10):
-    super().__init__()
-    self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(16)
-    in_planes, stages = 16, []
-    for planes, stride in ((16, 1), (32, 2), (64, 2)):
-      blocks = []
-      for index in range(blocks_per_stage):
-        blocks.append(CifarBasicBlock(in_planes, planes, stride if index == 0 else 1))
-        in_planes = planes
-      stages.append(nn.Sequential(*blocks))
-    self.layer1, self.layer2, self.layer3 = stages
-    self.linear = nn.Linear(64, num_classes)
-
-  def forward(self, inputs):
-    outputs = F.relu(self.bn1(self.conv1(inputs)))
-    outputs = self.layer3(self.layer2(self.layer1(outputs)))
-    return self.linear(F.adaptive_avg_pool2d(outputs, 1).flatten(1))
 
 
 def load_cifar_resnet_in_torch(path, depth: int) -> CifarResNet:
