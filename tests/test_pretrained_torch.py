@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch", reason="torch is a test peer: pip install -
 torchvision = pytest.importorskip("torchvision", reason="pip install -r requirements-peers.txt")
 from bench.peers_torch import CifarResNet  # noqa: E402  # akamaster's architecture, shared with bench/
 nn = torch.nn
-F = torch.nn.functional
 
 
 def torch_logits(module, images: np.ndarray) -> np.ndarray:
