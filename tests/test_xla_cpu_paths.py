@@ -1,9 +1,11 @@
-"""The two XLA:CPU work-arounds of issue 5 (bench/RESULTS.md): convolutions on maps smaller than their kernel
-window run as im2col matmuls, and importing cnnjax takes convolutions off XLA's YNNPACK list."""
+"""The XLA:CPU work-arounds of issue 5 (bench/RESULTS.md): convolutions on maps smaller than their kernel
+window run as im2col matmuls, max pooling is differentiated over strided views instead of an argmax
+reduce-window and a scatter, and importing cnnjax takes convolutions off XLA's YNNPACK list."""
 import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,6 +54,48 @@ def test_only_convolutions_xla_would_swap_take_the_matmul_path():
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   hlo = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, jnp.zeros((2, 32, 32, 3))).as_text()
   assert hlo.count("stablehlo.convolution") == 10  # blocks 1-4; the 3 convs of block5 are matmuls
+
+
+POOLS = [  # input shape, window, strides, padding
+    ((2, 30, 30, 5), (2, 2), (2, 2), "VALID"),
+    ((2, 13, 13, 3), (2, 2), (2, 2), "VALID"),  # an odd size: the last row and column are dropped
+    ((2, 15, 17, 3), (3, 3), (2, 2), "SAME"),  # ResNet50's pool1: overlapping windows
+    ((1, 9, 9, 2), (3, 3), (1, 1), "SAME"),
+    ((1, 8, 8, 2), (3, 3), (2, 2), ((1, 1), (0, 2))),
+]
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", POOLS)
+def test_max_pool_equals_flax_max_pool_and_its_gradient(shape, window, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)  # no ties: the maximum of each window is unique
+  expected = nn.max_pool(x, window, strides, padding)
+  got = layers.max_pool(x, window, strides, padding)
+  assert got.shape == expected.shape and bool((got == expected).all())
+  cotangent = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
+  want = jax.vjp(lambda x: nn.max_pool(x, window, strides, padding), x)[1](cotangent)[0]
+  have = jax.vjp(lambda x: layers.max_pool(x, window, strides, padding), x)[1](cotangent)[0]
+  np.testing.assert_allclose(have, want, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_and_sums_over_overlapping_windows():
+  # A 3x4 map, 2x2 windows at stride (1, 2): windows [rows 0-1, cols 0-1], [0-1, 2-3], [1-2, 0-1], [1-2, 2-3].
+  x = jnp.asarray([[5., 5., 1., 2.],
+                   [5., 0., 3., 3.],
+                   [4., 0., 3., 3.]])[None, :, :, None]
+  gradient = jax.grad(lambda x: jnp.sum(layers.max_pool(x, (2, 2), (1, 2), "VALID") * jnp.asarray(
+      [[1., 10.], [100., 1000.]])[None, :, :, None]))(x)[0, :, :, 0]
+  # Window 1 ties at 5 (0,0),(0,1),(1,0): row-major first is (0,0). Window 3's max 5 at (1,0) (shared pixel).
+  # Windows 2 and 4 tie at 3: (1,2) is first in both, so it collects 10 + 1000.
+  np.testing.assert_array_equal(gradient, [[1., 0., 0., 0.], [100., 0., 1010., 0.], [0., 0., 0., 0.]])
+
+
+def test_max_pool_layer_compiles_without_scatter_and_keeps_flax_for_empty_maps():
+  pool = layers.Pool("max", (2, 2))
+  x = jnp.ones((4, 8, 8, 3))
+  hlo = jax.jit(jax.grad(lambda x: pool.apply({}, x).sum())).lower(x).compile().as_text()
+  assert " scatter(" not in hlo and " reduce-window(" not in hlo
+  assert pool.apply({}, jnp.ones((1, 1, 1, 3))).shape == (1, 0, 0, 3)  # window larger than the map
 
 
 def _xla_flags_after_import(environment):

@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import collections
 import dataclasses
+import functools
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -176,16 +177,73 @@ def conv_as_matmul(inputs, kernel, strides: Sequence[int], padding: Padding):
   """`lax.conv_general_dilated` (NHWC, HWIO, no dilation or groups) as im2col + one matmul: the (N, H', W',
   kh*kw*C) patches times the kernel reshaped to (kh*kw*C, O). Cheap on the small maps it is used for; its
   gradients are matmuls, pads and slices too."""
-  kh, kw = kernel.shape[:2]
-  pads = lax.padtype_to_pads(inputs.shape[1:3], (kh, kw), strides, padding) if isinstance(padding, str) else padding
-  padded = jnp.pad(inputs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-  out_h = (padded.shape[1] - kh) // strides[0] + 1
-  out_w = (padded.shape[2] - kw) // strides[1] + 1
-  if out_h < 1 or out_w < 1:  # the window does not fit: an empty map, as lax returns
-    return jnp.zeros((inputs.shape[0], max(out_h, 0), max(out_w, 0), kernel.shape[-1]), inputs.dtype)
-  patches = [padded[:, i:i + (out_h - 1) * strides[0] + 1:strides[0], j:j + (out_w - 1) * strides[1] + 1:strides[1]]
-             for i in range(kh) for j in range(kw)]
-  return jnp.concatenate(patches, axis=-1) @ kernel.reshape(-1, kernel.shape[-1])
+  window = kernel.shape[:2]
+  padded, _, out_shape = _pad_for_windows(inputs, window, strides, padding, 0)
+  if min(out_shape) < 1:  # the window does not fit: an empty map, as lax returns
+    return jnp.zeros((inputs.shape[0], *(max(size, 0) for size in out_shape), kernel.shape[-1]), inputs.dtype)
+  patches = jnp.concatenate(window_slices(padded, window, strides, out_shape), axis=-1)
+  return patches @ kernel.reshape(-1, kernel.shape[-1])
+
+
+def _window_geometry(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: Padding):
+  """((before, after) pads per spatial axis, the output (H', W')) of a windowed op on an (H, W) map."""
+  if isinstance(padding, str):
+    pads = tuple(lax.padtype_to_pads(spatial, window, strides, padding))
+  else:
+    pads = tuple(tuple(pair) for pair in padding)
+  out_shape = tuple((spatial[axis] + sum(pads[axis]) - window[axis]) // strides[axis] + 1 for axis in range(2))
+  return pads, out_shape
+
+
+def _pad_for_windows(inputs, window: Sequence[int], strides: Sequence[int], padding: Padding, value):
+  """(NHWC inputs padded with `value` as `padding` asks, the (before, after) pads, the output (H', W'))."""
+  pads, out_shape = _window_geometry(inputs.shape[1:3], window, strides, padding)
+  padded = jnp.pad(inputs, ((0, 0), *pads, (0, 0)), constant_values=value)
+  return padded, pads, out_shape
+
+
+def window_slices(padded, window: Sequence[int], strides: Sequence[int], out_shape: Sequence[int]) -> list:
+  """The kh*kw strided views of a padded NHWC map, in row-major window order: view (i, j) holds pixel (i, j)
+  of every window, so elementwise work over the views is work over each window."""
+  return [padded[:, i:i + (out_shape[0] - 1) * strides[0] + 1:strides[0],
+                 j:j + (out_shape[1] - 1) * strides[1] + 1:strides[1]]
+          for i in range(window[0]) for j in range(window[1])]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(inputs, window: Tuple[int, int], strides: Tuple[int, int], padding: Padding):
+  """NHWC max pooling whose gradient goes to each window's first maximum in row-major order, as TensorFlow's
+  MaxPoolGrad. Both passes are elementwise over the window's strided views (XLA fuses them into a loop or two);
+  JAX's own max-pool gradient is an argmax reduce-window over four full-size index arrays and a scatter, which
+  XLA:CPU ran in about half of simple_cnn's training step (bench/RESULTS.md)."""
+  return _max_pool_forward(inputs, window, strides, padding)[0]
+
+
+def _max_pool_forward(inputs, window, strides, padding):
+  padded, _, out_shape = _pad_for_windows(inputs, window, strides, padding, -jnp.inf)
+  pooled = functools.reduce(jnp.maximum, window_slices(padded, window, strides, out_shape))
+  return pooled, (inputs, pooled)
+
+
+def _max_pool_backward(window, strides, padding, residuals, cotangents):
+  inputs, pooled = residuals
+  padded, pads, out_shape = _pad_for_windows(inputs, window, strides, padding, -jnp.inf)
+  claimed = jnp.zeros(pooled.shape, bool)  # windows whose maximum already took the cotangent
+  gradient = jnp.zeros(padded.shape, cotangents.dtype)
+  views = window_slices(padded, window, strides, out_shape)
+  for (row, col), view in zip(((i, j) for i in range(window[0]) for j in range(window[1])), views):
+    first_max = (view == pooled) & ~claimed
+    claimed = claimed | first_max
+    # Back to the view's pixels: lax.pad with interior padding is the transpose of the strided slice.
+    spread = [(row, padded.shape[1] - row - (out_shape[0] - 1) * strides[0] - 1, strides[0] - 1),
+              (col, padded.shape[2] - col - (out_shape[1] - 1) * strides[1] - 1, strides[1] - 1)]
+    gradient = gradient + lax.pad(jnp.where(first_max, cotangents, 0), jnp.zeros((), cotangents.dtype),
+                                  [(0, 0, 0), *spread, (0, 0, 0)])
+  height, width = inputs.shape[1:3]
+  return (gradient[:, pads[0][0]:pads[0][0] + height, pads[1][0]:pads[1][0] + width],)
+
+
+max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 class Dense(nn.Module):
@@ -263,7 +321,11 @@ class Pool(nn.Module):
     strides = self.strides or self.window
     padding = self.padding.upper() if isinstance(self.padding, str) else self.padding
     if self.kind == "max":
-      return nn.max_pool(inputs, self.window, strides, padding)
+      window, strides = tuple(self.window), tuple(strides)
+      padding = padding if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
+      if min(_window_geometry(inputs.shape[1:3], window, strides, padding)[1]) < 1:
+        return nn.max_pool(inputs, window, strides, padding)  # an empty map, as flax returns
+      return max_pool(inputs, window, strides, padding)
     if self.kind == "average":
       # Keras averages over the valid pixels only at padded borders.
       return nn.avg_pool(inputs, self.window, strides, padding, count_include_pad=False)
