@@ -1,6 +1,8 @@
 """The XLA:CPU work-arounds of issue 5 (bench/RESULTS.md): convolutions on maps smaller than their kernel
 window run as im2col matmuls, max pooling is differentiated over strided views instead of an argmax
-reduce-window and a scatter, and importing cnnjax takes convolutions off XLA's YNNPACK list."""
+reduce-window and a scatter, residual-block outputs are materialized once, and importing cnnjax takes convolutions
+off XLA's YNNPACK list."""
+import functools
 import os
 import subprocess
 import sys
@@ -9,11 +11,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import lax
 
 from cnnjax import models
 from cnnjax.models import layers
+from cnnjax.train import step as step_lib
 
 CASES = [  # (H, W), kernel, strides, padding
     ((2, 2), (3, 3), (1, 1), "SAME"),
@@ -96,6 +100,35 @@ def test_max_pool_layer_compiles_without_scatter_and_keeps_flax_for_empty_maps()
   hlo = jax.jit(jax.grad(lambda x: pool.apply({}, x).sum())).lower(x).compile().as_text()
   assert " scatter(" not in hlo and " reduce-window(" not in hlo
   assert pool.apply({}, jnp.ones((1, 1, 1, 3))).shape == (1, 0, 0, 3)  # window larger than the map
+
+
+def test_materialized_is_the_identity_for_values_and_gradients():
+  # (no subnormals: XLA:CPU flushes them to zero in every elementwise op, jnp.maximum included)
+  values = jnp.asarray([[0.5, -0.0, 3e38], [jnp.inf, -jnp.inf, 1e-30]], jnp.float32)
+  for probe in (1.5, jnp.inf, -jnp.inf, jnp.nan):  # the pixel the runtime one is built from
+    x = values.at[0, 0].set(probe)
+    np.testing.assert_array_equal(layers.materialized(x), x)
+    np.testing.assert_array_equal(jax.jit(layers.materialized)(x), x)
+  half = jnp.asarray([1.5, -2.25], jnp.bfloat16)
+  assert layers.materialized(half).dtype == jnp.bfloat16
+  np.testing.assert_array_equal(layers.materialized(half), half)
+  cotangent = jnp.asarray([[1.0, -2.0, 3.0], [4.0, 5.0, -6.0]])
+  np.testing.assert_array_equal(jax.vjp(layers.materialized, values.at[0, 0].set(1.0))[1](cotangent)[0], cotangent)
+
+
+def _most_relus_in_one_fused_computation(hlo: str) -> int:
+  return max(computation.count(" maximum(") for computation in hlo.split("\n%"))
+
+
+def test_residual_chains_are_not_recomputed_inside_fusions():
+  """resnet20's compiled training step: with block outputs materialized, no fused computation recomputes the
+  ReLUs of several blocks (XLA duplicated up to four, recomputing whole stages inside layout copies)."""
+  model = models.create("resnet20", num_classes=10)
+  state = step_lib.create_train_state(model, optax.sgd(0.1, momentum=0.9), (32, 32, 3), seed=0)
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, num_classes=10,
+                                   preprocess={"mode": "rescale"}))
+  batch = {"images": jnp.zeros((8, 32, 32, 3), jnp.uint8), "labels": jnp.zeros((8,), jnp.int32)}
+  assert _most_relus_in_one_fused_computation(step.lower(state, batch).compile().as_text()) <= 2
 
 
 def _xla_flags_after_import(environment):

@@ -246,6 +246,17 @@ def _max_pool_backward(window, strides, padding, residuals, cotangents):
 max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
+def materialized(values):
+  """`values`, computed once. XLA:CPU's fusion copies cheap elementwise producers into every consumer it can fuse
+  with, including the layout copies that feed kernel-gradient convolutions; through a chain of residual blocks that
+  recomputes every earlier block of the chain per copy, quadratic in depth (resnet20's training step ran 1.37x
+  slower, bench/RESULTS.md). XLA never duplicates a floating-point divide, so dividing by a one it cannot fold
+  (built from a runtime value; exactly 1 for any value) makes the division, and so `values`, one buffer."""
+  probe = lax.stop_gradient(values[(0,) * values.ndim])
+  one = jnp.where(jnp.isfinite(probe), probe * 0 + 1, 1).astype(values.dtype)
+  return values / one
+
+
 class Dense(nn.Module):
   """Fully connected layer (kernel `(in, out)`, bias) followed by an optional activation, as Keras Dense."""
   features: int

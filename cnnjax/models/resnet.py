@@ -61,7 +61,9 @@ def residual_block(inputs, name: str, width: int, strides: int, *, block: str, s
     if index < len(branch):
       outputs = act(name=f"{name}_{index}_relu")(outputs)
   outputs = layers.Add(name=f"{name}_add")(residual, outputs)
-  return act(name=f"{name}_out")(outputs)
+  # Through the identity shortcut each block's output is an elementwise function of every earlier block of its
+  # stage; pinned here, XLA:CPU stops recomputing whole stages inside its layout copies (see `materialized`).
+  return layers.materialized(act(name=f"{name}_out")(outputs))
 
 
 class ResNet(nn.Module):
