@@ -419,9 +419,9 @@ def main():
   parser.add_argument("--target", type=float, help="seconds per timed round (default 0.2 quick, 1.5 full)")
   parser.add_argument("--torch-compile", help="models that also get a torch.compile row, comma-separated or "
                       "'none' (default: all; quick: simple_cnn, as compiling the larger training graphs takes minutes)")
-  parser.add_argument("--keras", help="models that get a Keras row (default: all; quick: simple_cnn, resnet20)")
+  parser.add_argument("--keras", help="models that get a Keras row (default: all; quick: simple_cnn)")
   parser.add_argument("--bf16", help="models that get a cnnjax bfloat16 row (default: all; quick: none)")
-  parser.add_argument("--resnet50-batches", help="explainer batches for resnet50 (default 1,4 quick; 1,32 full)")
+  parser.add_argument("--resnet50-batches", help="explainer batches for resnet50 (default 1 quick; 1,32 full)")
   parser.add_argument("--variants", default="", help=f"cnnjax under other XLA options too: {', '.join(VARIANTS)}")
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--out", default=str(HERE / "results"))
@@ -431,10 +431,10 @@ def main():
   args.models = args.models.split(",")
   args.variants = [variant for variant in args.variants.split(",") if variant]
   every = ",".join(TRAIN_ROWS)
-  for option, quick_default in (("torch_compile", "simple_cnn"), ("keras", "simple_cnn,resnet20"), ("bf16", "none")):
+  for option, quick_default in (("torch_compile", "simple_cnn"), ("keras", "simple_cnn"), ("bf16", "none")):
     chosen = getattr(args, option) or (quick_default if args.quick else every)
     setattr(args, option, [] if chosen == "none" else chosen.split(","))
-  resnet50_batches = args.resnet50_batches or ("1,4" if args.quick else "1,32")
+  resnet50_batches = args.resnet50_batches or ("1" if args.quick else "1,32")
   args.explain_batches = {"resnet50": [int(b) for b in resnet50_batches.split(",")], "resnet20": [128]}
   args.cifar_per_class = 200 if args.quick else 2000
   args.catdog_per_class = 50 if args.quick else 1000

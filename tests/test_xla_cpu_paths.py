@@ -94,12 +94,15 @@ def test_max_pool_gradient_goes_to_the_first_maximum_and_sums_over_overlapping_w
   np.testing.assert_array_equal(gradient, [[1., 0., 0., 0.], [100., 0., 1010., 0.], [0., 0., 0., 0.]])
 
 
-def test_max_pool_layer_compiles_without_scatter_and_keeps_flax_for_empty_maps():
+def test_max_pool_layer_compiles_without_scatter_for_non_overlapping_windows():
   pool = layers.Pool("max", (2, 2))
   x = jnp.ones((4, 8, 8, 3))
   hlo = jax.jit(jax.grad(lambda x: pool.apply({}, x).sum())).lower(x).compile().as_text()
   assert " scatter(" not in hlo and " reduce-window(" not in hlo
   assert pool.apply({}, jnp.ones((1, 1, 1, 3))).shape == (1, 0, 0, 3)  # window larger than the map
+  overlapping = layers.Pool("max", (3, 3), (2, 2), "SAME")  # ResNet50's stem pool keeps JAX's gradient
+  hlo = jax.jit(jax.grad(lambda x: overlapping.apply({}, x).sum())).lower(x).compile().as_text()
+  assert " reduce-window(" in hlo
 
 
 def test_materialized_is_the_identity_for_values_and_gradients():

@@ -1,0 +1,83 @@
+"""What each of cnnjax's XLA:CPU work-arounds buys, measured by turning it off: cnnjax's training step with and
+without it, interleaved with PyTorch eager in one process (bench/run.py's rows and timer).
+
+  python bench/ablations.py --models simple_cnn,resnet20,vgg16 [--repeats 5]
+
+Ablations (each swaps one function of cnnjax.models.layers while the step is traced):
+  max_pool         flax's nn.max_pool (JAX's argmax reduce-window + scatter gradient) instead of layers.max_pool
+  materialized     the identity instead of layers.materialized (ResNet block outputs left to XLA's fusion)
+  conv_as_matmul   XLA's own (operand-swapped) convolutions on maps smaller than the kernel window
+"""
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (run.py sets cnnjax's XLA setting as compiler options before jax starts)
+import run  # noqa: E402
+from cnnjax.models import layers  # noqa: E402
+
+ABLATIONS = {
+    "max_pool": ("max_pool", lambda inputs, window, strides, padding: nn.max_pool(inputs, window, strides, padding)),
+    "materialized": ("materialized", lambda values: values),
+    "conv_as_matmul": ("xla_swaps_conv_operands", lambda spatial, kernel_size: False),
+}
+# which ablations can change a model's step (the others leave its program unchanged)
+APPLIES = {"simple_cnn": ("max_pool",), "resnet20": ("materialized",), "vgg16": ("max_pool", "conv_as_matmul"),
+           "resnet50": ("materialized",)}
+
+
+@contextlib.contextmanager
+def swapped(attribute: str, replacement):
+  original = getattr(layers, attribute)
+  setattr(layers, attribute, replacement)
+  try:
+    yield
+  finally:
+    setattr(layers, attribute, original)
+
+
+def without(ablation: str, call):
+  """`call` whose first run (the trace and compile) sees the ablated function."""
+  attribute, replacement = ABLATIONS[ablation]
+
+  def wrapped():
+    with swapped(attribute, replacement):
+      return call()
+  return wrapped
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default="simple_cnn,resnet20")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--target", type=float, default=1.0)
+  args = parser.parse_args()
+  rows = []
+  for name in args.models.split(","):
+    size, batch, classes, options = run.TRAIN_ROWS[name]
+    info = {}
+    calls = {"cnnjax": run.cnnjax_train(name, size, batch, classes, options, info, "cnnjax")}
+    for ablation in APPLIES[name]:
+      calls[f"cnnjax without {ablation}"] = without(ablation, run.cnnjax_train(
+          name, size, batch, classes, options, info, ablation))
+    calls["torch eager"] = run.torch_train(name, size, batch, classes, False, info)
+    run.log(f"{name}: {', '.join(calls)}")
+    timed = common.interleave(calls, repeats=args.repeats, target_seconds=args.target, log=run.log)
+    cnnjax_speed = common.images_per_second(timed["cnnjax"], batch)
+    for variant, result in timed.items():
+      speed = common.images_per_second(result, batch)
+      rows.append({"model": name, "batch": batch, "variant": variant, "compile s": result.get("compile_s"),
+                   "images/s": speed, "cnnjax / this": common.ratio(cnnjax_speed, speed),
+                   "error": result.get("error")})
+  env = common.environment()
+  print(f"# bench/ablations.py {' '.join(sys.argv[1:])}\n\n{env['date']}, {env['cpu']}, {env['cores']} cores; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "\n")
+  print(common.markdown(rows, ["model", "batch", "variant", "compile s", "images/s", "cnnjax / this", "error"]))
+
+
+if __name__ == "__main__":
+  main()
