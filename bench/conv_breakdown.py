@@ -2,7 +2,10 @@
 shapes of a model, for the forward pass and the two halves of the backward pass (gradient w.r.t. the input,
 w.r.t. the kernel), interleaved in one process. Optionally re-runs itself under other XLA_FLAGS.
 
-  python bench/conv_breakdown.py --model vgg16 [--flags "--xla_cpu_use_xnnpack=false" --flags ...]
+  python bench/conv_breakdown.py --model vgg16 [--flags=--xla_cpu_use_xnnpack=false --flags=...]
+
+This script does not import cnnjax, so its first table is XLA's defaults (YNNPACK convolutions); cnnjax's own
+setting is `--flags=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`.
 
 Prints GFLOP/s per op and XLA / torch speed ratios; the totals weight each shape by its count in the model.
 """

@@ -231,8 +231,8 @@ def _max_pool_backward(window, strides, padding, residuals, cotangents):
   padded, pads, out_shape = _pad_for_windows(inputs, window, strides, padding, -jnp.inf)
   claimed = jnp.zeros(pooled.shape, bool)  # windows whose maximum already took the cotangent
   gradient = jnp.zeros(padded.shape, cotangents.dtype)
-  views = window_slices(padded, window, strides, out_shape)
-  for (row, col), view in zip(((i, j) for i in range(window[0]) for j in range(window[1])), views):
+  for index, view in enumerate(window_slices(padded, window, strides, out_shape)):
+    row, col = divmod(index, window[1])
     first_max = (view == pooled) & ~claimed
     claimed = claimed | first_max
     # Back to the view's pixels: lax.pad with interior padding is the transpose of the strided slice.
@@ -250,9 +250,11 @@ max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 def materialized(values):
   """`values`, computed once. XLA:CPU's fusion copies cheap elementwise producers into every consumer it can fuse
   with, including the layout copies that feed kernel-gradient convolutions; through a chain of residual blocks that
-  recomputes every earlier block of the chain per copy, quadratic in depth (resnet20's training step ran 1.37x
+  recomputes every earlier block of the chain per copy, quadratic in depth (resnet20's training step ran 1.2-1.6x
   slower, bench/RESULTS.md). XLA never duplicates a floating-point divide, so dividing by a one it cannot fold
   (built from a runtime value; exactly 1 for any value) makes the division, and so `values`, one buffer."""
+  if values.size == 0:
+    return values
   probe = lax.stop_gradient(values[(0,) * values.ndim])
   one = jnp.where(jnp.isfinite(probe), probe * 0 + 1, 1).astype(values.dtype)
   return values / one
