@@ -92,6 +92,28 @@ def test_max_pool_gradient_goes_to_the_first_maximum_and_sums_over_overlapping_w
   # Window 1 ties at 5 (0,0),(0,1),(1,0): row-major first is (0,0). Window 3's max 5 at (1,0) (shared pixel).
   # Windows 2 and 4 tie at 3: (1,2) is first in both, so it collects 10 + 1000.
   np.testing.assert_array_equal(gradient, [[1., 0., 0., 0.], [100., 0., 1010., 0.], [0., 0., 0., 0.]])
+  with_nan = x.at[0, 1, 1, 0].set(jnp.nan)  # a NaN anywhere in a window propagates, as lax's max does
+  np.testing.assert_array_equal(jnp.isnan(layers.max_pool(with_nan, (2, 2), (1, 2), "VALID"))[0, :, :, 0],
+                                [[True, False], [True, False]])
+
+
+def test_max_pool_gradient_does_not_depend_on_how_the_input_is_sharded():
+  """The backward routes by the forward's argmax: a data-parallel step (batch split over devices, BatchNorm
+  statistics reduced across them, so activations round differently) gets the single-device gradient. Comparing
+  recomputed values with the pooled ones lost gradients here once."""
+  model = models.create("simple_cnn_bn", num_classes=10, dropout=0.0)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  images = jnp.asarray(np.random.default_rng(1).random((8, 16, 16, 3)), jnp.float32)
+
+  def loss(params, images):
+    logits, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
+    return jnp.sum(logits[:, 0])
+  single = jax.jit(jax.grad(loss))(variables["params"], images)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+  sharded = jax.jit(jax.grad(loss))(variables["params"], jax.device_put(images, split))
+  jax.tree_util.tree_map(lambda want, have: np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5),
+                         single, sharded)
 
 
 def test_max_pool_layer_compiles_without_scatter_for_non_overlapping_windows():

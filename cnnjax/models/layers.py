@@ -213,7 +213,8 @@ def window_slices(padded, window: Sequence[int], strides: Sequence[int], out_sha
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(inputs, window: Tuple[int, int], strides: Tuple[int, int], padding: Padding):
   """NHWC max pooling whose gradient goes to each window's first maximum in row-major order, as TensorFlow's
-  MaxPoolGrad. Both passes are elementwise over the window's strided views (XLA fuses them into a loop or two);
+  MaxPoolGrad. The forward is elementwise over the window's strided views and also keeps each window's argmax
+  offset; the backward spreads the cotangent by those offsets (pads of strided slices, fused by XLA).
   JAX's own max-pool gradient is an argmax reduce-window over four full-size index arrays and a scatter, which
   XLA:CPU ran in about half of simple_cnn's training step (bench/RESULTS.md). `Pool` uses it for non-overlapping
   windows (the 2x2/2 pools of the sequential CNNs)."""
@@ -222,26 +223,29 @@ def max_pool(inputs, window: Tuple[int, int], strides: Tuple[int, int], padding:
 
 def _max_pool_forward(inputs, window, strides, padding):
   padded, _, out_shape = _pad_for_windows(inputs, window, strides, padding, -jnp.inf)
-  pooled = functools.reduce(jnp.maximum, window_slices(padded, window, strides, out_shape))
-  return pooled, (inputs, pooled)
+  views = window_slices(padded, window, strides, out_shape)
+  # One pass keeps each window's maximum and the offset of its first occurrence; the backward routes by that
+  # offset, so it never compares recomputed values (another fusion may round them differently).
+  pooled, first = views[0], jnp.zeros(views[0].shape, jnp.int8 if len(views) < 128 else jnp.int32)
+  for offset, view in enumerate(views[1:], start=1):
+    later_max = (view > pooled) | jnp.isnan(view)  # NaN wins, as lax's max propagates it
+    pooled, first = jnp.where(later_max, view, pooled), jnp.where(later_max, offset, first).astype(first.dtype)
+  return pooled, (first, inputs.shape)
 
 
 def _max_pool_backward(window, strides, padding, residuals, cotangents):
-  inputs, pooled = residuals
-  padded, pads, out_shape = _pad_for_windows(inputs, window, strides, padding, -jnp.inf)
-  claimed = jnp.zeros(pooled.shape, bool)  # windows whose maximum already took the cotangent
-  gradient = jnp.zeros(padded.shape, cotangents.dtype)
-  for index, view in enumerate(window_slices(padded, window, strides, out_shape)):
-    row, col = divmod(index, window[1])
-    first_max = (view == pooled) & ~claimed
-    claimed = claimed | first_max
+  first, input_shape = residuals
+  pads, out_shape = _window_geometry(input_shape[1:3], window, strides, padding)
+  padded_shape = [size + sum(pad) for size, pad in zip(input_shape[1:3], pads)]
+  gradient = jnp.zeros((input_shape[0], *padded_shape, input_shape[3]), cotangents.dtype)
+  for offset in range(window[0] * window[1]):
+    row, col = divmod(offset, window[1])
     # Back to the view's pixels: lax.pad with interior padding is the transpose of the strided slice.
-    spread = [(row, padded.shape[1] - row - (out_shape[0] - 1) * strides[0] - 1, strides[0] - 1),
-              (col, padded.shape[2] - col - (out_shape[1] - 1) * strides[1] - 1, strides[1] - 1)]
-    gradient = gradient + lax.pad(jnp.where(first_max, cotangents, 0), jnp.zeros((), cotangents.dtype),
+    spread = [(row, padded_shape[0] - row - (out_shape[0] - 1) * strides[0] - 1, strides[0] - 1),
+              (col, padded_shape[1] - col - (out_shape[1] - 1) * strides[1] - 1, strides[1] - 1)]
+    gradient = gradient + lax.pad(jnp.where(first == offset, cotangents, 0), jnp.zeros((), cotangents.dtype),
                                   [(0, 0, 0), *spread, (0, 0, 0)])
-  height, width = inputs.shape[1:3]
-  return (gradient[:, pads[0][0]:pads[0][0] + height, pads[1][0]:pads[1][0] + width],)
+  return (gradient[:, pads[0][0]:pads[0][0] + input_shape[1], pads[1][0]:pads[1][0] + input_shape[2]],)
 
 
 max_pool.defvjp(_max_pool_forward, _max_pool_backward)
