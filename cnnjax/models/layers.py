@@ -216,8 +216,7 @@ def max_pool(inputs, window: Tuple[int, int], strides: Tuple[int, int], padding:
   MaxPoolGrad. The forward is elementwise over the window's strided views and also keeps each window's argmax
   offset; the backward spreads the cotangent by those offsets (pads of strided slices, fused by XLA).
   JAX's own max-pool gradient is an argmax reduce-window over four full-size index arrays and a scatter, which
-  XLA:CPU ran in about half of simple_cnn's training step (bench/RESULTS.md). `Pool` uses it for non-overlapping
-  windows (the 2x2/2 pools of the sequential CNNs)."""
+  XLA:CPU ran in about half of simple_cnn's training step (bench/RESULTS.md)."""
   return _max_pool_forward(inputs, window, strides, padding)[0]
 
 
@@ -341,11 +340,8 @@ class Pool(nn.Module):
     if self.kind == "max":
       window, strides = tuple(self.window), tuple(strides)
       padding = padding if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
-      empty = min(_window_geometry(inputs.shape[1:3], window, strides, padding)[1]) < 1
-      if window != strides or empty:
-        # Overlapping windows (ResNet50's 3x3/2 stem pool) trained faster with JAX's gradient in a full step
-        # (bench/ablations.py); an empty map is returned as flax returns it.
-        return nn.max_pool(inputs, window, strides, padding)
+      if min(_window_geometry(inputs.shape[1:3], window, strides, padding)[1]) < 1:
+        return nn.max_pool(inputs, window, strides, padding)  # an empty map, as flax returns it
       return max_pool(inputs, window, strides, padding)
     if self.kind == "average":
       # Keras averages over the valid pixels only at padded borders.
