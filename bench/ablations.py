@@ -16,12 +16,12 @@ from pathlib import Path
 import flax.linen as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (run.py sets cnnjax's XLA setting as compiler options before jax starts)
-import run  # noqa: E402
+import common  # noqa: E402
+import run  # noqa: E402  (gives cnnjax's computations its XLA setting as compiler options, as bench/run.py does)
 from cnnjax.models import layers  # noqa: E402
 
 ABLATIONS = {
-    "max_pool": ("max_pool", lambda inputs, window, strides, padding: nn.max_pool(inputs, window, strides, padding)),
+    "max_pool": ("max_pool", nn.max_pool),
     "materialized": ("materialized", lambda values: values),
     "conv_as_matmul": ("xla_swaps_conv_operands", lambda spatial, kernel_size: False),
 }

@@ -185,12 +185,15 @@ def conv_as_matmul(inputs, kernel, strides: Sequence[int], padding: Padding):
   return patches @ kernel.reshape(-1, kernel.shape[-1])
 
 
+def _hashable_padding(padding: Padding) -> Padding:
+  """'SAME'/'VALID', or explicit (before, after) pairs as a tuple of tuples (lists from a config are not hashable)."""
+  return padding if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
+
+
 def _window_geometry(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: Padding):
   """((before, after) pads per spatial axis, the output (H', W')) of a windowed op on an (H, W) map."""
-  if isinstance(padding, str):
-    pads = tuple(lax.padtype_to_pads(spatial, window, strides, padding))
-  else:
-    pads = tuple(tuple(pair) for pair in padding)
+  padding = _hashable_padding(padding)
+  pads = tuple(lax.padtype_to_pads(spatial, window, strides, padding)) if isinstance(padding, str) else padding
   out_shape = tuple((spatial[axis] + sum(pads[axis]) - window[axis]) // strides[axis] + 1 for axis in range(2))
   return pads, out_shape
 
@@ -228,7 +231,7 @@ def _max_pool_forward(inputs, window, strides, padding):
   pooled, first = views[0], jnp.zeros(views[0].shape, jnp.int8 if len(views) < 128 else jnp.int32)
   for offset, view in enumerate(views[1:], start=1):
     later_max = (view > pooled) | jnp.isnan(view)  # NaN wins, as lax's max propagates it
-    pooled, first = jnp.where(later_max, view, pooled), jnp.where(later_max, offset, first).astype(first.dtype)
+    pooled, first = jnp.where(later_max, view, pooled), jnp.where(later_max, offset, first)
   return pooled, (first, inputs.shape)
 
 
@@ -338,8 +341,7 @@ class Pool(nn.Module):
     strides = self.strides or self.window
     padding = self.padding.upper() if isinstance(self.padding, str) else self.padding
     if self.kind == "max":
-      window, strides = tuple(self.window), tuple(strides)
-      padding = padding if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
+      window, strides, padding = tuple(self.window), tuple(strides), _hashable_padding(padding)
       if min(_window_geometry(inputs.shape[1:3], window, strides, padding)[1]) < 1:
         return nn.max_pool(inputs, window, strides, padding)  # an empty map, as flax returns it
       return max_pool(inputs, window, strides, padding)
