@@ -7,6 +7,8 @@ Ablations (each swaps one function of cnnjax.models.layers while the step is tra
   max_pool         flax's nn.max_pool (JAX's argmax reduce-window + scatter gradient) instead of layers.max_pool
   materialized     the identity instead of layers.materialized (ResNet block outputs left to XLA's fusion)
   conv_as_matmul   XLA's own (operand-swapped) convolutions on maps smaller than the kernel window
+  strided_conv     JAX's input gradient of strided convolutions (a convolution over the stride-dilated output
+                   gradient) instead of layers.strided_conv's col2im
 """
 import argparse
 import contextlib
@@ -24,10 +26,11 @@ ABLATIONS = {
     "max_pool": ("max_pool", nn.max_pool),
     "materialized": ("materialized", lambda values: values),
     "conv_as_matmul": ("xla_swaps_conv_operands", lambda spatial, kernel_size: False),
+    "strided_conv": ("uses_col2im_input_gradient", lambda strides, kernel_size: False),
 }
 # which ablations can change a model's step (the others leave its program unchanged)
-APPLIES = {"simple_cnn": ("max_pool",), "resnet20": ("materialized",), "vgg16": ("max_pool", "conv_as_matmul"),
-           "resnet50": ("max_pool", "materialized")}
+APPLIES = {"simple_cnn": ("max_pool",), "resnet20": ("materialized", "strided_conv"),
+           "vgg16": ("max_pool", "conv_as_matmul"), "resnet50": ("max_pool", "materialized", "strided_conv")}
 
 
 @contextlib.contextmanager

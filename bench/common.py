@@ -20,13 +20,17 @@ def block(value):
 
 
 def interleave(calls: Dict[str, Callable[[], object]], *, repeats: int, target_seconds: float,
-               max_inner: int = 50, log: Optional[Callable[[str], None]] = None) -> Dict[str, dict]:
+               max_inner: int = 50, settle: int = 1,
+               log: Optional[Callable[[str], None]] = None) -> Dict[str, dict]:
   """Times every call of `calls` side by side: A B C A B C ... so the machine's load hits all of them alike.
 
   Each call must return only once its work is done (JAX outputs are blocked on here). Per call: the first run
   is the compile / warm-up (`compile_s`), a second untimed run sizes `inner` (runs per timed repeat, so a
-  repeat lasts about `target_seconds`), then `repeats` rounds of `inner` runs; `median_s` is the median over
-  rounds of the per-run time. A call that raises gets `error` (its first line) instead of timings.
+  repeat lasts about `target_seconds`), then `repeats` rounds of `settle` untimed and `inner` timed runs;
+  `median_s` is the median over rounds of the per-run time. A call that raises gets `error` (its first line)
+  instead of timings. The settle runs keep the switch between frameworks out of the figures: the first
+  ResNet50 training step of cnnjax right after a PyTorch step ran 0.65-0.85x its steady speed, the first torch
+  step after cnnjax 0.93-0.97x (bench/RESULTS.md), and a user's steps follow each other, not another framework's.
   """
   results = {}
   for name, call in calls.items():
@@ -50,6 +54,8 @@ def interleave(calls: Dict[str, Callable[[], object]], *, repeats: int, target_s
       result = results[name]
       if "error" in result:
         continue
+      for _ in range(settle):
+        block(call())
       started = time.perf_counter()
       for _ in range(result["inner"]):
         block(call())

@@ -1,5 +1,5 @@
 """The XLA:CPU work-arounds of issue 5 (bench/RESULTS.md): convolutions on maps smaller than their kernel
-window run as im2col matmuls, max pooling is differentiated over strided views instead of an argmax
+window run as im2col matmuls, strided convolutions take their input gradient by col2im, max pooling is differentiated over strided views instead of an argmax
 reduce-window and a scatter, residual-block outputs are materialized once, and importing cnnjax takes convolutions
 off XLA's YNNPACK list."""
 import functools
@@ -58,6 +58,59 @@ def test_only_convolutions_xla_would_swap_take_the_matmul_path():
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   hlo = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, jnp.zeros((2, 32, 32, 3))).as_text()
   assert hlo.count("stablehlo.convolution") == 10  # blocks 1-4; the 3 convs of block5 are matmuls
+
+
+STRIDED = [  # input shape, kernel, strides, padding
+    ((2, 9, 11, 3), (3, 3), (2, 2), "SAME"),  # odd sizes: TF's extra pad at the bottom / right
+    ((2, 9, 11, 3), (3, 2), (2, 3), "VALID"),  # windows that skip pixels (stride 3 > kernel 2)
+    ((1, 8, 8, 4), (1, 1), (2, 2), "VALID"),  # ResNet's strided 1x1 projections
+    ((2, 15, 15, 3), (7, 7), (2, 2), ((3, 3), (3, 3))),  # ResNet50's stem
+    ((2, 10, 10, 5), (3, 3), (2, 1), ((0, 2), (1, 0))),  # asymmetric strides and pads
+]
+
+
+@pytest.mark.parametrize("shape,kernel_size,strides,padding", STRIDED)
+def test_strided_conv_equals_lax_conv_and_its_gradients(shape, kernel_size, strides, padding):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((*kernel_size, shape[-1], 6)), jnp.float32)
+
+  def reference(x, w):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def col2im(x, w):
+    return layers.strided_conv(x, w, strides, layers._hashable_padding(padding))
+
+  np.testing.assert_array_equal(col2im(x, w), reference(x, w))  # the forward is lax's own
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+  for want, have in zip(jax.grad(loss(reference), (0, 1))(x, w), jax.grad(loss(col2im), (0, 1))(x, w)):
+    np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5)
+
+
+def test_strided_conv_input_gradient_by_hand():
+  """A 1-channel 2x2 kernel with stride 2 on a 4x4 image: windows do not overlap, so d out / d image is the
+  kernel tiled over each window, times that window's output gradient; with stride 1 they would overlap."""
+  kernel = jnp.asarray([[1.0, 2.0], [3.0, 4.0]]).reshape(2, 2, 1, 1)
+  cotangent = jnp.asarray([[1.0, -1.0], [10.0, 0.0]]).reshape(1, 2, 2, 1)
+  image = jnp.zeros((1, 4, 4, 1))
+  gradient = jax.vjp(lambda x: layers.strided_conv(x, kernel, (2, 2), "VALID"), image)[1](cotangent)[0]
+  np.testing.assert_array_equal(gradient[0, :, :, 0], [[1, 2, -1, -2], [3, 4, -3, -4], [10, 20, 0, 0],
+                                                       [30, 40, 0, 0]])
+
+
+def test_strided_layers_input_gradient_has_no_dilated_convolution():
+  """JAX's input gradient of a strided convolution is a convolution over the stride-dilated output gradient
+  (`lhs_dilate` in XLA's HLO), which XLA:CPU computes over all the inserted zeros; Conv routes around it, except
+  above the tap count where col2im costs more (AlexNet's 11x11/4 stem)."""
+  def input_gradient_hlo(conv, shape):
+    variables = conv.init(jax.random.PRNGKey(0), jnp.zeros(shape))
+    return jax.jit(jax.grad(lambda x: conv.apply(variables, x).sum())).lower(jnp.zeros(shape)).compile().as_text()
+
+  assert "lhs_dilate" not in input_gradient_hlo(layers.Conv(8, (7, 7), (2, 2), ((3, 3), (3, 3))), (2, 32, 32, 3))
+  assert "lhs_dilate" not in input_gradient_hlo(layers.Conv(8, (1, 1), (2, 2), "VALID"), (2, 16, 16, 4))
+  assert "lhs_dilate" in input_gradient_hlo(layers.Conv(8, (11, 11), (4, 4), "VALID"), (2, 35, 35, 3))
+  assert "lhs_dilate" in input_gradient_hlo(
+      layers.Conv(8, (3, 3), (2, 2), feature_group_count=4), (2, 16, 16, 4))  # grouped: JAX's rule
 
 
 POOLS = [  # input shape, window, strides, padding

@@ -154,11 +154,14 @@ class Conv(nn.Module):
                         (*self.kernel_size, in_features // self.feature_group_count, self.features))
     dtype = self.dtype or inputs.dtype
     padding = self.padding.upper() if isinstance(self.padding, str) else self.padding
+    inputs, kernel = inputs.astype(dtype), kernel.astype(dtype)
     if self.feature_group_count == 1 and xla_swaps_conv_operands(inputs.shape[1:3], self.kernel_size):
-      outputs = conv_as_matmul(inputs.astype(dtype), kernel.astype(dtype), self.strides, padding)
+      outputs = conv_as_matmul(inputs, kernel, self.strides, padding)
+    elif self.feature_group_count == 1 and uses_col2im_input_gradient(self.strides, self.kernel_size):
+      outputs = strided_conv(inputs, kernel, tuple(self.strides), _hashable_padding(padding))
     else:
       outputs = lax.conv_general_dilated(
-          inputs.astype(dtype), kernel.astype(dtype), window_strides=self.strides, padding=padding,
+          inputs, kernel, window_strides=self.strides, padding=padding,
           dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.feature_group_count)
     if self.use_bias:
       outputs = outputs + self.param("bias", nn.initializers.zeros, (self.features,)).astype(dtype)
@@ -213,6 +216,64 @@ def window_slices(padded, window: Sequence[int], strides: Sequence[int], out_sha
           for i in range(window[0]) for j in range(window[1])]
 
 
+def _summed_window_slices_transpose(views: Sequence, window: Sequence[int], strides: Sequence[int], padding: Padding,
+                                    input_shape: Sequence[int]):
+  """The transpose of `window_slices` (after `_pad_for_windows`): each view's values added back at the pixels it
+  was sliced from, summed, and the padding cropped. Pads with interior padding, which XLA fuses into one pass."""
+  pads, out_shape = _window_geometry(input_shape[1:3], window, strides, padding)
+  padded_shape = [size + sum(pad) for size, pad in zip(input_shape[1:3], pads)]
+  zero = jnp.zeros((), views[0].dtype)
+  total = jnp.zeros((input_shape[0], *padded_shape, views[0].shape[-1]), views[0].dtype)
+  for offset, view in enumerate(views):
+    row, col = divmod(offset, window[1])
+    total = total + lax.pad(view, zero, [
+        (0, 0, 0),
+        (row, padded_shape[0] - row - (out_shape[0] - 1) * strides[0] - 1, strides[0] - 1),
+        (col, padded_shape[1] - col - (out_shape[1] - 1) * strides[1] - 1, strides[1] - 1),
+        (0, 0, 0)])
+  return total[:, pads[0][0]:pads[0][0] + input_shape[1], pads[1][0]:pads[1][0] + input_shape[2]]
+
+
+# Above this many taps col2im's strided adds cost more than XLA's own input gradient (AlexNet's 11x11/4 stem
+# 0.84x; ResNet50's 7x7/2 stem 1.29x faster, bench/RESULTS.md).
+_COL2IM_MAX_TAPS = 49
+
+
+def uses_col2im_input_gradient(strides: Sequence[int], kernel_size: Sequence[int]) -> bool:
+  """Whether a convolution's input gradient is taken by `strided_conv`'s col2im rather than by JAX's rule."""
+  return max(strides) > 1 and kernel_size[0] * kernel_size[1] <= _COL2IM_MAX_TAPS
+
+
+def _lax_conv(inputs, kernel, strides, padding):
+  return lax.conv_general_dilated(inputs, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def strided_conv(inputs, kernel, strides: Tuple[int, int], padding: Padding):
+  """`lax.conv_general_dilated` (NHWC, HWIO, no groups) whose input gradient is col2im: one matmul of the output
+  gradient with the transposed kernel gives every window's patch gradient, added back at the pixels the window
+  covered. JAX differentiates a strided convolution as a convolution over the output gradient dilated by the
+  stride, which XLA:CPU computes over all the inserted zeros: 1.5-4.7x the forward's time on ResNet's strided
+  layers, against 1.1-1.5x this way (bench/RESULTS.md). The kernel gradient is JAX's own."""
+  return _lax_conv(inputs, kernel, strides, padding)
+
+
+def _strided_conv_forward(inputs, kernel, strides, padding):
+  return _lax_conv(inputs, kernel, strides, padding), (inputs, kernel)
+
+
+def _strided_conv_backward(strides, padding, residuals, cotangents):
+  inputs, kernel = residuals
+  (kernel_gradient,) = jax.vjp(lambda kernel: _lax_conv(inputs, kernel, strides, padding), kernel)[1](cotangents)
+  window, channels = kernel.shape[:2], kernel.shape[2]
+  patch_gradients = cotangents @ kernel.reshape(-1, kernel.shape[-1]).T  # (N, H', W', kh * kw * C), row-major taps
+  views = [patch_gradients[..., tap * channels:(tap + 1) * channels] for tap in range(window[0] * window[1])]
+  return _summed_window_slices_transpose(views, window, strides, padding, inputs.shape), kernel_gradient
+
+
+strided_conv.defvjp(_strided_conv_forward, _strided_conv_backward)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(inputs, window: Tuple[int, int], strides: Tuple[int, int], padding: Padding):
   """NHWC max pooling whose gradient goes to each window's first maximum in row-major order, as TensorFlow's
@@ -237,17 +298,8 @@ def _max_pool_forward(inputs, window, strides, padding):
 
 def _max_pool_backward(window, strides, padding, residuals, cotangents):
   first, input_shape = residuals
-  pads, out_shape = _window_geometry(input_shape[1:3], window, strides, padding)
-  padded_shape = [size + sum(pad) for size, pad in zip(input_shape[1:3], pads)]
-  gradient = jnp.zeros((input_shape[0], *padded_shape, input_shape[3]), cotangents.dtype)
-  for offset in range(window[0] * window[1]):
-    row, col = divmod(offset, window[1])
-    # Back to the view's pixels: lax.pad with interior padding is the transpose of the strided slice.
-    spread = [(row, padded_shape[0] - row - (out_shape[0] - 1) * strides[0] - 1, strides[0] - 1),
-              (col, padded_shape[1] - col - (out_shape[1] - 1) * strides[1] - 1, strides[1] - 1)]
-    gradient = gradient + lax.pad(jnp.where(first == offset, cotangents, 0), jnp.zeros((), cotangents.dtype),
-                                  [(0, 0, 0), *spread, (0, 0, 0)])
-  return (gradient[:, pads[0][0]:pads[0][0] + input_shape[1], pads[1][0]:pads[1][0] + input_shape[2]],)
+  views = [jnp.where(first == offset, cotangents, 0) for offset in range(window[0] * window[1])]
+  return (_summed_window_slices_transpose(views, window, strides, padding, input_shape),)
 
 
 max_pool.defvjp(_max_pool_forward, _max_pool_backward)
