@@ -100,17 +100,18 @@ def test_strided_conv_input_gradient_by_hand():
 
 def test_strided_layers_input_gradient_has_no_dilated_convolution():
   """JAX's input gradient of a strided convolution is a convolution over the stride-dilated output gradient
-  (`lhs_dilate` in XLA's HLO), which XLA:CPU computes over all the inserted zeros; Conv routes around it, except
-  above the tap count where col2im costs more (AlexNet's 11x11/4 stem)."""
-  def input_gradient_hlo(conv, shape):
+  (`lhs_dilate`), which XLA:CPU computes over all the inserted zeros; Conv routes around it, except above the tap
+  count where col2im costs more (AlexNet's 11x11/4 stem) and for grouped convolutions."""
+  def dilated_convolutions(conv, shape):
     variables = conv.init(jax.random.PRNGKey(0), jnp.zeros(shape))
-    return jax.jit(jax.grad(lambda x: conv.apply(variables, x).sum())).lower(jnp.zeros(shape)).compile().as_text()
+    gradient = jax.grad(lambda x, variables: jnp.sin(conv.apply(variables, x)).sum())
+    program = jax.jit(gradient).lower(jnp.zeros(shape), variables).as_text()
+    return program.count("stablehlo.convolution") - program.count("lhs_dilate = [1, 1]")
 
-  assert "lhs_dilate" not in input_gradient_hlo(layers.Conv(8, (7, 7), (2, 2), ((3, 3), (3, 3))), (2, 32, 32, 3))
-  assert "lhs_dilate" not in input_gradient_hlo(layers.Conv(8, (1, 1), (2, 2), "VALID"), (2, 16, 16, 4))
-  assert "lhs_dilate" in input_gradient_hlo(layers.Conv(8, (11, 11), (4, 4), "VALID"), (2, 35, 35, 3))
-  assert "lhs_dilate" in input_gradient_hlo(
-      layers.Conv(8, (3, 3), (2, 2), feature_group_count=4), (2, 16, 16, 4))  # grouped: JAX's rule
+  assert dilated_convolutions(layers.Conv(8, (7, 7), (2, 2), ((3, 3), (3, 3))), (2, 32, 32, 3)) == 0
+  assert dilated_convolutions(layers.Conv(8, (1, 1), (2, 2), "VALID"), (2, 16, 16, 4)) == 0
+  assert dilated_convolutions(layers.Conv(8, (11, 11), (4, 4), "VALID"), (2, 35, 35, 3)) == 1
+  assert dilated_convolutions(layers.Conv(8, (3, 3), (2, 2), feature_group_count=4), (2, 16, 16, 4)) == 1
 
 
 POOLS = [  # input shape, window, strides, padding
