@@ -28,9 +28,9 @@ def interleave(calls: Dict[str, Callable[[], object]], *, repeats: int, target_s
   is the compile / warm-up (`compile_s`), a second untimed run sizes `inner` (runs per timed repeat, so a
   repeat lasts about `target_seconds`), then `repeats` rounds of `settle` untimed and `inner` timed runs;
   `median_s` is the median over rounds of the per-run time. A call that raises gets `error` (its first line)
-  instead of timings. The settle runs keep the switch between frameworks out of the figures: the first
-  ResNet50 training step of cnnjax right after a PyTorch step ran 0.65-0.85x its steady speed, the first torch
-  step after cnnjax 0.93-0.97x (bench/RESULTS.md), and a user's steps follow each other, not another framework's.
+  instead of timings. The settle runs keep the switch between frameworks out of the figures (a user's steps
+  follow each other, not another framework's): on one afternoon the first ResNet50 training step of cnnjax right
+  after a PyTorch step ran at 0.65-0.85x its steady speed (bench/switch_cost.py, bench/RESULTS.md).
   """
   results = {}
   for name, call in calls.items():

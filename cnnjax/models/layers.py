@@ -235,7 +235,7 @@ def _summed_window_slices_transpose(views: Sequence, window: Sequence[int], stri
 
 
 # Above this many taps col2im's strided adds cost more than XLA's own input gradient (AlexNet's 11x11/4 stem
-# 0.84x; ResNet50's 7x7/2 stem 1.29x faster, bench/RESULTS.md).
+# 0.72x; ResNet50's 7x7/2 stem 1.37x faster; bench/strided_conv.py).
 _COL2IM_MAX_TAPS = 49
 
 
@@ -253,8 +253,9 @@ def strided_conv(inputs, kernel, strides: Tuple[int, int], padding: Padding):
   """`lax.conv_general_dilated` (NHWC, HWIO, no groups) whose input gradient is col2im: one matmul of the output
   gradient with the transposed kernel gives every window's patch gradient, added back at the pixels the window
   covered. JAX differentiates a strided convolution as a convolution over the output gradient dilated by the
-  stride, which XLA:CPU computes over all the inserted zeros: 1.5-4.7x the forward's time on ResNet's strided
-  layers, against 1.1-1.5x this way (bench/RESULTS.md). The kernel gradient is JAX's own."""
+  stride, which XLA:CPU computes over all the inserted zeros: 1.4-3.2x the forward's time on ResNet's strided
+  layers (5.1x on ResNet50's stem), against 1.1-1.4x (3.7x) this way (bench/strided_conv.py). The kernel
+  gradient is JAX's own."""
   return _lax_conv(inputs, kernel, strides, padding)
 
 
