@@ -76,10 +76,7 @@ def main():
       rows.append({"model": name, "batch": batch, "variant": variant, "compile s": result.get("compile_s"),
                    "images/s": speed, "cnnjax / this": common.ratio(cnnjax_speed, speed),
                    "error": result.get("error")})
-  env = common.environment()
-  print(f"# bench/ablations.py {' '.join(sys.argv[1:])}\n\n{env['date']}, {env['cpu']}, {env['cores']} cores; "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "\n")
-  print(common.markdown(rows, ["model", "batch", "variant", "compile s", "images/s", "cnnjax / this", "error"]))
+  common.print_report(rows, ["model", "batch", "variant", "compile s", "images/s", "cnnjax / this", "error"])
 
 
 if __name__ == "__main__":

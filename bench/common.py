@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 import traceback
 from importlib import metadata
@@ -115,6 +116,14 @@ def markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(_cell(row.get(column)) for column in columns) + " |" for row in rows]
   return "\n".join(lines)
+
+
+def print_report(rows: Sequence[dict], columns: Optional[Sequence[str]] = None) -> None:
+  """Prints a script's command line, the machine, versions and date, then its rows as a Markdown table."""
+  env = environment()
+  print(f"# bench/{os.path.basename(sys.argv[0])} {' '.join(sys.argv[1:])}\n\n{env['date']}, {env['cpu']}, "
+        f"{env['cores']} cores; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "\n")
+  print(markdown(rows, columns or list(rows[0])))
 
 
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:

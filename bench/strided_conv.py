@@ -59,10 +59,7 @@ def main():
                  "JAX's rule x forward": seconds["JAX's rule"] / seconds["forward"],
                  "col2im x forward": seconds["col2im"] / seconds["forward"],
                  "col2im speedup": seconds["JAX's rule"] / seconds["col2im"]})
-  env = common.environment()
-  print(f"# bench/strided_conv.py {' '.join(sys.argv[1:])}\n\n{env['date']}, {env['cpu']}, {env['cores']} cores; "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "\n")
-  print(common.markdown(rows, list(rows[0])))
+  common.print_report(rows)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,7 @@ def main():
       rows.append({"round": round_index + 1, "framework": name,
                    **{f"step {index + 1} images/s": speed for index, speed in enumerate(speeds)},
                    "step 1 / median of the rest": speeds[0] / sorted(speeds[1:])[len(speeds[1:]) // 2]})
-  env = common.environment()
-  print(f"# bench/switch_cost.py {' '.join(sys.argv[1:])}\n\n{env['date']}, {env['cpu']}, {env['cores']} cores; "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "\n")
-  print(common.markdown(rows, list(rows[0])))
+  common.print_report(rows)
 
 
 if __name__ == "__main__":
