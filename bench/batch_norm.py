@@ -6,6 +6,7 @@ with a hand-written VJP (two sums in the backward), interleaved. The open lead o
 """
 import argparse
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def main():
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  torch.set_num_threads(common.os.cpu_count())
+  torch.set_num_threads(os.cpu_count())
   rows = []
   for size, channels in MAPS:
     shape = (args.batch, size, size, channels)
@@ -78,17 +79,20 @@ def main():
 
     torch_inputs = torch.randn(args.batch, channels, size, size, requires_grad=True)
     torch_layer = torch.nn.BatchNorm2d(channels, eps=EPSILON).train()
-    compiled = torch.compile(lambda t: (torch.relu(torch_layer(t)) * t).sum())
+
+    def torch_loss(inputs):
+      return (torch.relu(torch_layer(inputs)) * inputs).sum()
 
     def torch_step(loss):
       torch_inputs.grad = None
       loss(torch_inputs).backward()
 
+    compiled_loss = torch.compile(torch_loss)
     timed = common.interleave({
         "cnnjax (flax)": lambda: flax_step(params, inputs),
         "two-sum VJP": lambda: two_sum_step(params, inputs),
-        "torch eager": lambda: torch_step(lambda t: (torch.relu(torch_layer(t)) * t).sum()),
-        "torch.compile": lambda: torch_step(compiled)}, repeats=args.repeats, target_seconds=0.3)
+        "torch eager": lambda: torch_step(torch_loss),
+        "torch.compile": lambda: torch_step(compiled_loss)}, repeats=args.repeats, target_seconds=0.3)
     milliseconds = {name: 1e3 * result["median_s"] for name, result in timed.items()}
     rows.append({"map (N x H x W x C)": "x".join(map(str, shape)), **{f"{k} ms": v for k, v in milliseconds.items()},
                  "cnnjax / torch.compile speed": milliseconds["torch.compile"] / milliseconds["cnnjax (flax)"],

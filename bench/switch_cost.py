@@ -4,6 +4,7 @@ after a switch of framework, timed one by one (cnnjax x3, torch eager x3, repeat
   python bench/switch_cost.py [--model resnet50] [--rounds 3]
 """
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ def main():
         speeds.append(batch / (time.perf_counter() - started))
       rows.append({"round": round_index + 1, "framework": name,
                    **{f"step {index + 1} images/s": speed for index, speed in enumerate(speeds)},
-                   "step 1 / median of the rest": speeds[0] / sorted(speeds[1:])[len(speeds[1:]) // 2]})
+                   "step 1 / median of the rest": speeds[0] / statistics.median(speeds[1:])})
   common.print_report(rows)
 
 

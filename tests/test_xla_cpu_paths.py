@@ -1,7 +1,7 @@
 """The XLA:CPU work-arounds of issue 5 (bench/RESULTS.md): convolutions on maps smaller than their kernel
-window run as im2col matmuls, strided convolutions take their input gradient by col2im, max pooling is differentiated over strided views instead of an argmax
-reduce-window and a scatter, residual-block outputs are materialized once, and importing cnnjax takes convolutions
-off XLA's YNNPACK list."""
+window run as im2col matmuls, strided convolutions take their input gradient by col2im, max pooling is
+differentiated over strided views instead of an argmax reduce-window and a scatter, residual-block outputs are
+materialized once, and importing cnnjax takes convolutions off XLA's YNNPACK list."""
 import functools
 import os
 import subprocess

@@ -153,12 +153,12 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init,
                         (*self.kernel_size, in_features // self.feature_group_count, self.features))
     dtype = self.dtype or inputs.dtype
-    padding = self.padding.upper() if isinstance(self.padding, str) else self.padding
+    padding = _hashable_padding(self.padding)
     inputs, kernel = inputs.astype(dtype), kernel.astype(dtype)
     if self.feature_group_count == 1 and xla_swaps_conv_operands(inputs.shape[1:3], self.kernel_size):
       outputs = conv_as_matmul(inputs, kernel, self.strides, padding)
     elif self.feature_group_count == 1 and uses_col2im_input_gradient(self.strides, self.kernel_size):
-      outputs = strided_conv(inputs, kernel, tuple(self.strides), _hashable_padding(padding))
+      outputs = strided_conv(inputs, kernel, tuple(self.strides), padding)
     else:
       outputs = lax.conv_general_dilated(
           inputs, kernel, window_strides=self.strides, padding=padding,
@@ -189,8 +189,9 @@ def conv_as_matmul(inputs, kernel, strides: Sequence[int], padding: Padding):
 
 
 def _hashable_padding(padding: Padding) -> Padding:
-  """'SAME'/'VALID', or explicit (before, after) pairs as a tuple of tuples (lists from a config are not hashable)."""
-  return padding if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
+  """'SAME'/'VALID' (any case, as Keras takes them), or explicit (before, after) pairs as a tuple of tuples (lists
+  from a config are not hashable)."""
+  return padding.upper() if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
 
 
 def _window_geometry(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: Padding):
@@ -357,7 +358,7 @@ class DepthwiseConv(nn.Module):
     channels = inputs.shape[-1]
     kernel = self.param("depthwise_kernel", self.kernel_init, (*self.kernel_size, channels, self.depth_multiplier))
     dtype = self.dtype or inputs.dtype
-    padding = self.padding.upper() if isinstance(self.padding, str) else self.padding
+    padding = _hashable_padding(self.padding)
     outputs = lax.conv_general_dilated(
         inputs.astype(dtype), kernel.reshape(*self.kernel_size, 1, channels * self.depth_multiplier).astype(dtype),
         window_strides=self.strides, padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -392,9 +393,9 @@ class Pool(nn.Module):
 
   def __call__(self, inputs):
     strides = self.strides or self.window
-    padding = self.padding.upper() if isinstance(self.padding, str) else self.padding
+    padding = _hashable_padding(self.padding)
     if self.kind == "max":
-      window, strides, padding = tuple(self.window), tuple(strides), _hashable_padding(padding)
+      window, strides = tuple(self.window), tuple(strides)
       if min(_window_geometry(inputs.shape[1:3], window, strides, padding)[1]) < 1:
         return nn.max_pool(inputs, window, strides, padding)  # an empty map, as flax returns it
       return max_pool(inputs, window, strides, padding)
