@@ -42,7 +42,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from cnnjax.explain import report, serve
+  from cnnjax.apps import report, serve
   FLAGS = flags.FLAGS
   try:
     methods = report.parse_methods(FLAGS.methods)
@@ -51,9 +51,8 @@ def main(argv):
       serve.serve(source, FLAGS.images or serve.default_photos(), FLAGS.host, FLAGS.port,
                   title=FLAGS.workdir or FLAGS.weights)
     else:
-      report.run(source.model, source.variables, source.class_names, source.preprocess, FLAGS.images,
-                 source.image_size, source.channels, methods, FLAGS.target, FLAGS.layer,
-                 FLAGS.out or os.path.join(FLAGS.workdir or ".", "explain"))
+      report.run(source, FLAGS.images, methods=methods, target=FLAGS.target, layer=FLAGS.layer,
+                 out_dir=FLAGS.out or os.path.join(FLAGS.workdir or ".", "explain"))
   except ValueError as error:
     if os.environ.get("CNNJAX_DEBUG"):
       raise

@@ -3,52 +3,32 @@ without it, interleaved with PyTorch eager in one process (bench/run.py's rows a
 
   python bench/ablations.py --models simple_cnn,resnet20,vgg16 [--repeats 5]
 
-Ablations (each swaps one function of cnnjax.models.layers while the step is traced):
-  max_pool         flax's nn.max_pool (JAX's argmax reduce-window + scatter gradient) instead of layers.max_pool
-  materialized     the identity instead of layers.materialized (ResNet block outputs left to XLA's fusion)
+Ablations (each turns one work-around of cnnjax.models.xla_cpu off while the step is traced, with
+`xla_cpu.kernels(disable=...)`; the others stay on):
+  max_pool         flax's nn.max_pool (JAX's argmax reduce-window + scatter gradient) instead of xla_cpu.max_pool
+  materialized     the identity instead of xla_cpu.materialized (ResNet block outputs left to XLA's fusion)
   conv_as_matmul   XLA's own (operand-swapped) convolutions on maps smaller than the kernel window
   strided_conv     JAX's input gradient of strided convolutions (a convolution over the stride-dilated output
-                   gradient) instead of layers.strided_conv's col2im
+                   gradient) instead of xla_cpu.strided_conv's col2im
 """
 import argparse
-import contextlib
 import sys
 from pathlib import Path
-
-import flax.linen as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import run  # noqa: E402  (gives cnnjax's computations its XLA setting as compiler options, as bench/run.py does)
-from cnnjax.models import layers  # noqa: E402
+from cnnjax.models import xla_cpu  # noqa: E402
 
-ABLATIONS = {
-    "max_pool": ("max_pool", nn.max_pool),
-    "materialized": ("materialized", lambda values: values),
-    "conv_as_matmul": ("xla_swaps_conv_operands", lambda spatial, kernel_size: False),
-    "strided_conv": ("uses_col2im_input_gradient", lambda strides, kernel_size: False),
-}
 # which ablations can change a model's step (the others leave its program unchanged)
 APPLIES = {"simple_cnn": ("max_pool",), "resnet20": ("materialized", "strided_conv"),
            "vgg16": ("max_pool", "conv_as_matmul"), "resnet50": ("max_pool", "materialized", "strided_conv")}
 
 
-@contextlib.contextmanager
-def swapped(attribute: str, replacement):
-  original = getattr(layers, attribute)
-  setattr(layers, attribute, replacement)
-  try:
-    yield
-  finally:
-    setattr(layers, attribute, original)
-
-
 def without(ablation: str, call):
-  """`call` whose first run (the trace and compile) sees the ablated function."""
-  attribute, replacement = ABLATIONS[ablation]
-
+  """`call` whose first run (the trace and compile) has the work-around `ablation` turned off."""
   def wrapped():
-    with swapped(attribute, replacement):
+    with xla_cpu.kernels(disable=(ablation,)):
       return call()
   return wrapped
 

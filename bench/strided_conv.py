@@ -1,10 +1,10 @@
 """The input gradient of strided convolutions: JAX's rule (a convolution over the stride-dilated output gradient)
-against cnnjax's col2im (`layers.strided_conv`), each in time per forward pass of the same layer, interleaved.
+against cnnjax's col2im (`xla_cpu.strided_conv`), each in time per forward pass of the same layer, interleaved.
 
   python bench/strided_conv.py [--batch 8]
 
 Shapes: ResNet50's strided layers (1x1/2 projections, 3x3/2, the 7x7/2 stem), resnet20's 3x3/2, and AlexNet's
-11x11/4 stem (above `layers._COL2IM_MAX_TAPS`, so Conv keeps JAX's rule there).
+11x11/4 stem (above `xla_cpu._COL2IM_MAX_TAPS`, so Conv keeps JAX's rule there).
 """
 import argparse
 import sys
@@ -17,7 +17,7 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common  # noqa: E402
-from cnnjax.models import layers  # noqa: E402  (importing cnnjax sets its XLA:CPU flag)
+from cnnjax.models import xla_cpu  # noqa: E402  (importing cnnjax sets its XLA:CPU flag)
 
 # (batch or None for --batch, H=W, C_in, C_out, kernel, stride, padding)
 SHAPES = [(None, 56, 256, 512, 1, 2, "VALID"), (None, 28, 512, 1024, 1, 2, "VALID"),
@@ -48,7 +48,7 @@ def main():
           lambda inputs: conv(inputs, kernel, strides, padding), inputs)[1](cotangents)[0])
 
     forward = jax.jit(lambda inputs, kernel: lax_conv(inputs, kernel, strides, padding))
-    jax_rule, col2im = input_gradient(lax_conv), input_gradient(layers.strided_conv)
+    jax_rule, col2im = input_gradient(lax_conv), input_gradient(xla_cpu.strided_conv)
     timed = common.interleave({"forward": lambda: forward(inputs, kernel),
                                "JAX's rule": lambda: jax_rule(inputs, kernel, cotangents),
                                "col2im": lambda: col2im(inputs, kernel, cotangents)},

@@ -341,7 +341,7 @@ def convolution_demo(photo_path: PathLike, *, model=None, variables=None, path: 
 
   The photo is shrunk to at most `max_size` pixels a side for the Sobel panels; the model sees it resized to
   `image_size` (its training size, e.g. `config.image_size`), preprocessed with `preprocess` (a mode of
-  `cnnjax.data.preprocess` or its keyword arguments, e.g. `cnnjax.train.loop.preprocess_settings(config)`).
+  `cnnjax.data.preprocess` or its keyword arguments, e.g. `cnnjax.train.experiment.preprocess_settings(config)`).
   """
   from PIL import Image
   if (model is None) != (variables is None):

@@ -26,7 +26,7 @@ def class_maps(photo_path, weights_path, class_names):
   import jax.numpy as jnp
   import numpy as np
   from cnnjax import explain, pretrained
-  from cnnjax.explain import report
+  from cnnjax.apps import report
   model, variables = pretrained.load(weights_path)
   image = report.load_images([str(photo_path)], 224, 3)
   inputs = pretrained.preprocess(jnp.asarray(image, jnp.float32), pretrained.preprocessing_for(str(weights_path)))

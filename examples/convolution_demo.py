@@ -21,13 +21,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from cnnjax import viz
-  from cnnjax.train import loop, restore
+  from cnnjax.train import experiment, restore
   options = {}
   try:
     if flags.FLAGS.workdir:
       model, variables, config = restore(flags.FLAGS.workdir)
       options = dict(model=model, variables=variables, image_size=config.image_size,
-                     preprocess=loop.preprocess_settings(config))
+                     preprocess=experiment.preprocess_settings(config))
     viz.convolution_demo(flags.FLAGS.photo, path=flags.FLAGS.out, **options)
   except ValueError as error:
     sys.exit(f"error: {error}")

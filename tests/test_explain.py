@@ -140,6 +140,44 @@ def test_guided_and_rectified_backprop_follow_the_hand_derived_rules():
   assert not np.allclose(results["guided"], results["rectified"])
 
 
+class PlainReluCNN(nn.Module):
+  """Activations as an imported Linen model writes them: nn.relu, and jax.nn.relu6 inside a jit, which no
+  interception of cnnjax's layers can reach; conv3's ReLU is a cnnjax layer's."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
+    x = jax.jit(jax.nn.relu6)(nn.Conv(4, (3, 3), name="conv2")(x))
+    x = L.Conv(4, activation="relu", name="conv3")(x)
+    return nn.Dense(3, name="predictions")(jnp.mean(x, axis=(1, 2)))
+
+
+def test_modifier_that_cannot_reach_a_models_relus_is_refused_in_one_line():
+  model = PlainReluCNN()
+  images = _images(2)
+  variables = _init(model, images)
+  targets = [0, 1]
+  fragments = ("modifier='guided'", "PlainReluCNN", "jax.nn.relu and jax.nn.relu6 directly, 2 found",
+               "modifier=None")
+  _one_line_error(lambda: explain.saliency(model, variables, images, targets, modifier="guided"), *fragments)
+  _one_line_error(lambda: explain.gradcam(model, variables, images, targets, layer="conv3", modifier="guided"),
+                  *fragments)
+  _one_line_error(lambda: explain.guided_gradcam(model, variables, images, targets, layer="conv3"), *fragments)
+  _one_line_error(lambda: explain.smoothgrad(model, variables, images, targets, samples=2, modifier="relu"),
+                  "modifier='relu'", "2 found")
+
+
+def test_plain_gradients_of_a_model_with_its_own_relus_still_work():
+  model = PlainReluCNN()
+  images = _images(2)
+  variables = _init(model, images)
+  targets = np.array([2, 0])
+  expected = jax.grad(lambda x: jnp.sum(model.apply(variables, x)[jnp.arange(2), targets]))(images)
+  np.testing.assert_allclose(explain.saliency(model, variables, images, targets), expected, rtol=1e-5, atol=1e-7)
+  maps = explain.gradcam(model, variables, images, targets, layer="conv2")
+  assert maps.shape == (2, 8, 8) and np.isfinite(maps).all()
+
+
 def test_saliency_map_is_max_abs_over_channels():
   gradients = jnp.array([[[[1.0, -3.0], [0.5, 0.25]]]])
   np.testing.assert_array_equal(explain.saliency_map(gradients), [[[3.0, 0.5]]])

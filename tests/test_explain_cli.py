@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnjax.explain import report
-from cnnjax.train import loop
+from cnnjax.apps import report
+from cnnjax.train import weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,9 +44,8 @@ def test_explain_py_writes_figures_activations_and_deletion_scores(trained_run, 
       assert 0.0 <= auc["deletion_auc"] <= 1.0 and 0.0 <= auc["insertion_auc"] <= 1.0
 
   # The rest in-process: the same code path explain.py calls, without another interpreter start.
-  model, variables, config = loop.restore(str(trained_run))
-  report.run(model, variables, config.class_names, loop.preprocess_settings(config), images[:1], 16, 3,
-             ["activations", "maximize"], "green", "conv2d_1", str(out), print_fn=lambda line: None)
+  report.run(report.load_workdir(str(trained_run)), images[:1], methods=["activations", "maximize"],
+             target="green", layer="conv2d_1", out_dir=str(out), print_fn=lambda line: None)
   assert (out / "0_conv2d_1_activations.png").is_file()
   assert (out / "maximize_1_green.png").is_file()
 
@@ -59,11 +58,10 @@ def test_explain_py_writes_figures_activations_and_deletion_scores(trained_run, 
     ("activations", "top1", None, "needs --layer"),
 ])
 def test_bad_input_is_one_line(trained_run, image_folder, tmp_path, methods, target, layer, message):
-  model, variables, config = loop.restore(str(trained_run))
+  source = report.load_workdir(str(trained_run))
   with pytest.raises(ValueError) as error:
-    report.run(model, variables, config.class_names, loop.preprocess_settings(config),
-               [str(image_folder / "red" / "0.png")], 16, 3, report.parse_methods(methods), target, layer,
-               str(tmp_path), print_fn=lambda line: None)
+    report.run(source, [str(image_folder / "red" / "0.png")], methods=report.parse_methods(methods),
+               target=target, layer=layer, out_dir=str(tmp_path), print_fn=lambda line: None)
   assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -72,7 +70,7 @@ def test_explain_py_reports_bad_input_in_one_line(trained_run, tmp_path):
   assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("error:")
   assert "does not exist" in done.stderr.strip().splitlines()[-1]
   with pytest.raises(ValueError, match="not a train.py workdir"):
-    loop.restore(str(tmp_path))
+    weights.restore(str(tmp_path))
 
 
 def test_explain_py_with_imported_weights(shared_dir, tmp_path):

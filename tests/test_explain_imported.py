@@ -29,7 +29,7 @@ def test_gradcam_on_imagenet_mobilenet_separates_the_cat_from_the_dog(shared_dir
   """The Grad-CAM paper's Figure 1 check on its own photo (examples/class_discriminative_gradcam.py draws it):
   the dog sits in the upper half, the cat lies across the lower half; the 'tiger cat' map must lie mostly in
   the lower half and the 'boxer' map mostly in the upper half."""
-  from cnnjax.explain import report
+  from cnnjax.apps import report
   path = shared_dir / "weights/mobilenet/mobilenet_2_5_224_tf.h5"
   model, variables = pretrained.load(path)
   images = report.load_images([str(shared_dir / "data/photos/cat_dog.jpg")] * 2, 224, 3)

@@ -334,12 +334,13 @@ def outer_primitives(jaxpr):
 
 def test_every_relu_goes_through_the_switchable_activation():
   # Under a backprop modifier every ReLU becomes a custom_vjp call; a plain one would stay a `max`.
+  from cnnjax.explain import backprop
   for name, size, relus in (("resnet50", 32, 1 + 16 * 3), ("vgg16", 32, 13 + 2), ("mobilenet", 32, 1 + 13 * 2),
                             ("resnet20", 8, 1 + 9 * 2), ("simple_cnn_bn", 32, 5), ("alexnet", 67, 5 + 3)):
     model = models.create(name, num_classes=3)
     batch = abstract_images(size, batch=1)
     variables = abstract_variables(model, batch)
-    with layers.backprop_modifier("guided"):
+    with backprop.modified_backprop("guided"):
       jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, batch)
     primitives = list(outer_primitives(jaxpr.jaxpr))
     assert primitives.count("elementwise_vjp") == relus, name

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from cnnjax.train import loop
+from cnnjax.train import weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +40,6 @@ def test_two_process_run_matches_one_process_run(image_folder, tmp_path):
   assert single.returncode == 0, single.stderr[-2000:]
   assert "epoch 1/1" in outputs[1][0]  # process 0 reports; both train
 
-  _, one, _ = loop.restore(str(tmp_path / "one"))
-  _, two, _ = loop.restore(str(tmp_path / "two"))
+  _, one, _ = weights.restore(str(tmp_path / "one"))
+  _, two, _ = weights.restore(str(tmp_path / "two"))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5), one, two)

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from cnnjax import pretrained
-from cnnjax.explain import cam, report, serve
+from cnnjax.apps import report, serve
+from cnnjax.explain import cam
 from cnnjax.train import loop
 from conftest import tiny_config
 

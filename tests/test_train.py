@@ -17,10 +17,13 @@ import pytest
 from cnnjax import data as data_lib
 from cnnjax import models
 from cnnjax.train import config as config_lib
+from cnnjax.train import experiment
 from cnnjax.train import loop
 from cnnjax.train import optim
+from cnnjax.train import runner
 from cnnjax.train import sharding
 from cnnjax.train import step as step_lib
+from cnnjax.train import weights
 import conftest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +132,7 @@ def test_single_device_sharded_and_pmap_steps_agree():
 # --- whole runs ---------------------------------------------------------------------------------------------
 
 def params_of(workdir):
-  _, variables, _ = loop.restore(str(workdir))
+  _, variables, _ = weights.restore(str(workdir))
   return variables
 
 
@@ -151,7 +154,7 @@ def test_run_writes_every_output_and_restores(image_folder, tmp_path):
   assert set(evaluation["per_class"]) == {"blue", "green", "red"}
   assert list((workdir).glob("events.out.tfevents*")), "TensorBoard events"
 
-  model, variables, config = loop.restore(str(workdir))
+  model, variables, config = weights.restore(str(workdir))
   assert config.class_names == ["blue", "green", "red"]
   splits = data_lib.load(config.dataset, image_size=16, validation_split=0.25, seed=0)
   images = data_lib.preprocess(jnp.asarray(splits.validation.images, jnp.float32), mode="rescale")
@@ -200,7 +203,7 @@ def test_same_seed_same_numbers_and_resume_after_a_crash(image_folder, tmp_path,
       signalled["sent"] = True
       os.kill(os.getpid(), signal.SIGTERM)
   monkeypatch.setattr(data_lib, "batches", batches_with(terminate))
-  with pytest.raises(loop.Interrupted, match=r"SIGTERM at step \d+ .* rerun the same command"):
+  with pytest.raises(runner.Interrupted, match=r"SIGTERM at step \d+ .* rerun the same command"):
     loop.train_and_evaluate(config, str(tmp_path / "d"))
   monkeypatch.setattr(data_lib, "batches", real_batches)
   loop.train_and_evaluate(config, str(tmp_path / "d"))
@@ -208,6 +211,41 @@ def test_same_seed_same_numbers_and_resume_after_a_crash(image_folder, tmp_path,
   strip_seconds = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
                                 for line in path.read_text().splitlines()]
   assert strip_seconds(tmp_path / "d" / "metrics.jsonl") == strip_seconds(tmp_path / "a" / "metrics.jsonl")
+
+
+def test_a_mid_epoch_checkpoint_from_the_epoch_indexed_loop_resumes_exactly(image_folder, tmp_path, monkeypatch):
+  """Before the step-indexed loop (#13) a mid-epoch checkpoint kept the interrupted epoch's running sums in
+  record['partial'], with its epoch and batch; such a checkpoint resumes as an uninterrupted run."""
+  config = tiny_config(image_folder, num_epochs=3)
+  loop.train_and_evaluate(config, str(tmp_path / "reference"))
+  real_batches, sent = data_lib.batches, []
+
+  def terminated_batches(*args, epoch, shuffle, start_batch=0, **kwargs):
+    for index, batch in enumerate(real_batches(*args, epoch=epoch, shuffle=shuffle, start_batch=start_batch,
+                                               **kwargs), start=start_batch):
+      if shuffle and epoch == 1 and index == 2 and not sent:
+        sent.append(os.kill(os.getpid(), signal.SIGTERM))
+      yield batch
+  monkeypatch.setattr(data_lib, "batches", terminated_batches)
+  with pytest.raises(runner.Interrupted):
+    loop.train_and_evaluate(config, str(tmp_path / "old"))
+  monkeypatch.setattr(data_lib, "batches", real_batches)
+
+  steps = [path for path in (tmp_path / "old" / "checkpoints" / "latest").iterdir() if path.name.isdigit()]
+  latest = max(steps, key=lambda path: int(path.name))
+  metadata = latest / "record" / "metadata"
+  record = json.loads(metadata.read_text())
+  running = record.pop("epoch_metrics")
+  steps_per_epoch = record["history"][-1]["step"] // len(record["history"])
+  epoch, batch = divmod(int(latest.name), steps_per_epoch)
+  assert batch, "the stop request should leave a mid-epoch checkpoint"
+  metadata.write_text(json.dumps({**record, "partial": {"epoch": epoch, "batch": batch, **running}}))
+
+  loop.train_and_evaluate(config, str(tmp_path / "old"))
+  assert_trees_equal(params_of(tmp_path / "reference"), params_of(tmp_path / "old"))
+  strip_seconds = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                                for line in path.read_text().splitlines()]
+  assert strip_seconds(tmp_path / "old" / "metrics.jsonl") == strip_seconds(tmp_path / "reference" / "metrics.jsonl")
 
 
 def test_larger_num_epochs_continues_and_other_changes_are_refused(image_folder, tmp_path):
@@ -283,7 +321,7 @@ def test_unknown_field_and_wrong_class_count(image_folder, tmp_path):
 
 def test_restore_rejects_a_folder_that_is_not_a_run(tmp_path):
   with pytest.raises(ValueError, match="not a train.py workdir"):
-    loop.restore(str(tmp_path))
+    weights.restore(str(tmp_path))
 
 
 def test_train_py_cli_trains_and_reports_bad_input_in_one_line(image_folder, tmp_path):
@@ -324,7 +362,7 @@ def test_model_options_can_be_set_from_the_command_line(monkeypatch):
   monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the overrides from sys.argv
   flag_values(argv)
   config = flag_values.config
-  model = loop.create_model(config)
+  model = experiment.create_model(config)
   assert (model.dtype, model.dropout, model.stride_on_3x3, model.head) == ("bfloat16", 0.5, True, "flatten")
   assert model.activation == "relu"  # model_options.activation is None: the default
   for name, options in ((name, models.options(name)) for name in models.names()):

@@ -10,7 +10,9 @@ import pytest
 from cnnjax import data as data_lib
 from cnnjax import models, pretrained
 from cnnjax.train import config as config_lib
-from cnnjax.train import loop, optim, step as step_lib, transfer
+from cnnjax.models import introspect
+from cnnjax.pretrained import merge
+from cnnjax.train import bottleneck, experiment, loop, optim, step as step_lib, weights
 
 SIZE = 12
 
@@ -49,11 +51,11 @@ def layers_with_params(variables):
 
 
 def test_pretrained_layers_loaded_and_head_new(pretrained_run, image_folder, capsys):
-  _, source, _ = loop.restore(pretrained_run)
+  _, source, _ = weights.restore(pretrained_run)
   config = tiny_config(image_folder, num_classes=2, pretrained=pretrained_run)
-  model = loop.create_model(config)
+  model = experiment.create_model(config)
   fresh = init_variables(model, config.seed)
-  variables = transfer.initial_variables(model, config)
+  variables = weights.initial_variables(model, config)
   line = capsys.readouterr().out.strip().splitlines()[-1]
   assert "new: predictions" in line and "loaded" in line
   for layer in layers_with_params(variables):
@@ -70,7 +72,7 @@ def test_pretrained_layers_loaded_and_head_new(pretrained_run, image_folder, cap
 def test_merge_layers_copies_only_equal_shapes():
   ours = {"params": {"a": {"kernel": jnp.zeros((2, 3))}, "b": {"kernel": jnp.zeros((3, 4))}}}
   theirs = {"params": {"a": {"kernel": jnp.ones((2, 3))}, "b": {"kernel": jnp.ones((3, 5))}}}
-  merged, loaded, new = transfer.merge_layers(ours, theirs)
+  merged, loaded, new = merge.merge_layers(ours, theirs)
   assert loaded == ["a"] and new == ["b"]
   assert float(merged["params"]["a"]["kernel"].sum()) == 6 and float(merged["params"]["b"]["kernel"].sum()) == 0
 
@@ -78,18 +80,18 @@ def test_merge_layers_copies_only_equal_shapes():
 def test_architecture_mismatch_is_one_line(pretrained_run, image_folder):
   config = tiny_config(image_folder, model="simple_cnn", pretrained=pretrained_run)
   with pytest.raises(ValueError, match="config.model"):
-    transfer.initial_variables(loop.create_model(config), config)
+    weights.initial_variables(experiment.create_model(config), config)
 
 
 def run_steps(config, steps=3):
   """`steps` train steps from one state; returns (before, after) states."""
-  model = loop.create_model(config)
-  tx = loop.create_optimizer(config, model, optim.create_schedule(config, 10))
+  model = experiment.create_model(config)
+  tx = experiment.create_optimizer(config, model, optim.create_schedule(config, 10))
   state = step_lib.create_train_state(model, tx, (SIZE, SIZE, 3), config.seed)
   before = jax.device_get(state)
   step = jax.jit(lambda s, b: step_lib.train_step(
       s, b, model=model, num_classes=3, preprocess={"mode": "rescale"},
-      frozen=transfer.frozen_layers(model, config)))
+      frozen=optim.frozen_layers(model, experiment.image_shape(config), config)))
   rng = np.random.default_rng(0)
   for _ in range(steps):
     batch = {"images": rng.integers(0, 255, (4, SIZE, SIZE, 3), dtype=np.uint8),
@@ -107,8 +109,8 @@ def changed(before, after, layer):
 def test_frozen_params_and_bn_stats_stay_bit_identical(image_folder, freeze):
   config = tiny_config(image_folder, optimizer="sgd", learning_rate=0.1, **freeze)
   model, before, after = run_steps(config)
-  frozen = transfer.frozen_layers(model, config)
-  names = transfer._layer_order(model, config)
+  frozen = optim.frozen_layers(model, experiment.image_shape(config), config)
+  names = introspect.layer_names(model, experiment.image_shape(config))
   if "freeze_first" in freeze:
     assert frozen == tuple(names[:3])
   else:
@@ -120,7 +122,6 @@ def test_frozen_params_and_bn_stats_stay_bit_identical(image_folder, freeze):
 
 def test_frozen_batch_norm_normalises_with_moving_statistics_while_training():
   """Keras semantics for a non-trainable BatchNormalization: train=True, yet the output is the inference one."""
-  from cnnjax.models import layers
   model = models.create("simple_cnn_bn", num_classes=3)
   images = jax.random.uniform(jax.random.PRNGKey(1), (4, SIZE, SIZE, 3))
   variables = model.init(jax.random.PRNGKey(0), images, train=False)
@@ -130,7 +131,7 @@ def test_frozen_batch_norm_normalises_with_moving_statistics_while_training():
   bn_layers = list(variables["batch_stats"])
 
   def features(frozen):
-    with layers.frozen_batch_norm(frozen):
+    with introspect.frozen_batch_norm(frozen):
       return model.apply(variables, images, train=True, mutable=["batch_stats"],
                          rngs={"dropout": jax.random.PRNGKey(2)},
                          capture_intermediates=lambda module, _: module.name == "batch_normalization")
@@ -142,11 +143,30 @@ def test_frozen_batch_norm_normalises_with_moving_statistics_while_training():
   assert np.max(np.abs(output(trained) - output(inference))) > 0.1
   assert jax.tree.all(jax.tree.map(np.array_equal, frozen["batch_stats"], variables["batch_stats"]))
 
+  # Freezing intercepts flax's BatchNorm itself: a plain Linen model's layers freeze too, whether train mode is
+  # a field of the layer or an argument of its call.
+  import flax.linen as nn
+
+  class PlainBN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.BatchNorm(use_running_average=not train, name="field")(x)
+      return nn.BatchNorm(name="argument")(x, use_running_average=not train)
+
+  plain = PlainBN()
+  plain_variables = plain.init(jax.random.PRNGKey(0), images, train=False)
+  plain_variables = {"params": plain_variables["params"],
+                     "batch_stats": jax.tree.map(lambda s: s + 3.0, plain_variables["batch_stats"])}
+  with introspect.frozen_batch_norm(["field", "argument"]):
+    frozen_outputs, updates = plain.apply(plain_variables, images, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(frozen_outputs, plain.apply(plain_variables, images, train=False), rtol=1e-6)
+  assert jax.tree.all(jax.tree.map(np.array_equal, updates["batch_stats"], plain_variables["batch_stats"]))
+
 
 def test_freeze_regex_that_matches_nothing_says_so(image_folder):
   config = tiny_config(image_folder, freeze="block.*")
   with pytest.raises(ValueError, match="matches none"):
-    transfer.frozen_layers(loop.create_model(config), config)
+    optim.frozen_layers(experiment.create_model(config), experiment.image_shape(config), config)
   with pytest.raises(ValueError, match="regular expression"):
     config_lib.validate(tiny_config(image_folder, freeze="("))
 
@@ -156,17 +176,17 @@ def test_bottleneck_features_cached_and_reused(tmp_path):
   variables = init_variables(model, 0)
   images = np.random.default_rng(0).integers(0, 255, (5, SIZE, SIZE, 3), dtype=np.uint8)
   cache = str(tmp_path / "features.npy")
-  features = transfer.bottleneck_features(model, variables, images, "flatten", 2, cache_path=cache)
+  features = bottleneck.bottleneck_features(model, variables, images, "flatten", 2, cache_path=cache)
   expected = model.apply(variables, data_lib.preprocess(jnp.asarray(images, jnp.float32), "rescale"),
                          train=False, capture_intermediates=True)[1]["intermediates"]["flatten"]["__call__"][0]
   np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
   stamp = os.stat(cache).st_mtime_ns
   other = init_variables(model, 1)  # different weights: only a cache hit gives the same features back
-  again = transfer.bottleneck_features(model, other, images, "flatten", 2, cache_path=cache)
+  again = bottleneck.bottleneck_features(model, other, images, "flatten", 2, cache_path=cache)
   np.testing.assert_array_equal(again, features)
   assert os.stat(cache).st_mtime_ns == stamp
   with pytest.raises(ValueError, match="not a layer"):
-    transfer.bottleneck_features(model, variables, images, "nope", 2)
+    bottleneck.bottleneck_features(model, variables, images, "nope", 2)
 
 
 def test_bottleneck_head_trains(image_folder, pretrained_run, tmp_path):
@@ -188,18 +208,18 @@ def test_two_phases_second_starts_from_first(image_folder, pretrained_run, tmp_p
     loop.train_and_evaluate(config, str(tmp_path / "bad"))
   config.num_classes = 3
   loop.train_and_evaluate(config, str(tmp_path))
-  _, phase1, _ = loop.restore(str(tmp_path / "phase1"))
+  _, phase1, _ = weights.restore(str(tmp_path / "phase1"))
   phase2_config = json.loads((tmp_path / "phase2" / "config.json").read_text())
   assert phase2_config["pretrained"] == str(tmp_path / "phase1") and phase2_config["optimizer"] == "sgd"
   # Phase 2 froze its first 3 layers: their weights are phase 1's exactly.
-  model = loop.create_model(config)
-  _, final, _ = loop.restore(str(tmp_path))
-  for layer in transfer._layer_order(model, config)[:3]:
+  model = experiment.create_model(config)
+  _, final, _ = weights.restore(str(tmp_path))
+  for layer in introspect.layer_names(model, experiment.image_shape(config))[:3]:
     for got, want in zip(jax.tree.leaves(final["params"].get(layer, {})),
                          jax.tree.leaves(phase1["params"].get(layer, {}))):
       np.testing.assert_array_equal(got, want)
   # Phase 1 froze everything but the head: its backbone is still the pretrained run's.
-  _, source, _ = loop.restore(pretrained_run)
+  _, source, _ = weights.restore(pretrained_run)
   np.testing.assert_array_equal(phase1["params"]["conv2d"]["kernel"], source["params"]["conv2d"]["kernel"])
   assert not np.array_equal(phase1["params"]["predictions"]["kernel"], source["params"]["predictions"]["kernel"])
   assert (tmp_path / "eval.json").is_file()
@@ -208,15 +228,15 @@ def test_two_phases_second_starts_from_first(image_folder, pretrained_run, tmp_p
 
 def test_offline_keras_weights_name_the_file(image_folder, tmp_path, monkeypatch):
   monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path))
-  monkeypatch.setattr(transfer.urllib.request, "urlretrieve",
+  monkeypatch.setattr(merge.urllib.request, "urlretrieve",
                       lambda *args: (_ for _ in ()).throw(OSError("no network")))
   config = tiny_config(image_folder, model="resnet50", pretrained="keras:resnet50")
   with pytest.raises(ValueError) as error:
-    transfer.resolve_source(config)
+    experiment.resolve_source(config)
   message = str(error.value)
   assert "\n" not in message and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
   assert str(tmp_path / "weights") in message
-  assert transfer.preprocess_mode(config) == "caffe"
+  assert experiment.preprocess_mode(config) == "caffe"
 
 
 def test_keras_weights_download_once_into_the_cache(shared_dir, tmp_path, monkeypatch):
@@ -249,7 +269,7 @@ def test_keras_weights_download_once_into_the_cache(shared_dir, tmp_path, monkey
   server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
   threading.Thread(target=server.serve_forever, daemon=True).start()
   try:
-    monkeypatch.setattr(transfer, "KERAS_URL", f"http://127.0.0.1:{server.server_port}/")
+    monkeypatch.setattr(merge, "KERAS_URL", f"http://127.0.0.1:{server.server_port}/")
     config = config_lib.default_config()
     config.update(model="mobilenet", image_size=224, pretrained="keras:mobilenet")
     config.model_options.alpha = 0.25
@@ -257,13 +277,13 @@ def test_keras_weights_download_once_into_the_cache(shared_dir, tmp_path, monkey
     monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path / "cut"))
     monkeypatch.setenv("CUT_SHORT", "1")
     with pytest.raises(ValueError, match=name):
-      transfer.resolve_source(config)
+      experiment.resolve_source(config)
     assert not any((tmp_path / "cut").rglob("*.h5*")), "a partial download was left in the cache"
 
     monkeypatch.delenv("CUT_SHORT")
     monkeypatch.setenv("CNNJAX_CACHE", str(tmp_path / "cache"))
     requests.clear()
-    first, second = transfer.resolve_source(config), transfer.resolve_source(config)
+    first, second = experiment.resolve_source(config), experiment.resolve_source(config)
     assert first == second == str(tmp_path / "cache" / "weights" / name) and len(requests) == 1
     model, variables = pretrained.load(first)
     assert "conv_pw_13" in variables["params"]

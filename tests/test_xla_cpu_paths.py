@@ -1,7 +1,8 @@
-"""The XLA:CPU work-arounds of issue 5 (bench/RESULTS.md): convolutions on maps smaller than their kernel
-window run as im2col matmuls, strided convolutions take their input gradient by col2im, max pooling is
-differentiated over strided views instead of an argmax reduce-window and a scatter, residual-block outputs are
-materialized once, and importing cnnjax takes convolutions off XLA's YNNPACK list."""
+"""The XLA:CPU work-arounds of issue 5 (cnnjax.models.xla_cpu, bench/RESULTS.md), as programs lowered for CPU
+get them: convolutions on maps smaller than their kernel window run as im2col matmuls, strided convolutions take
+their input gradient by col2im, max pooling is differentiated over strided views instead of an argmax
+reduce-window and a scatter, residual-block outputs are materialized once, and importing cnnjax takes
+convolutions off XLA's YNNPACK list. tests/test_kernels.py checks the other platforms' programs."""
 import functools
 import os
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from jax import lax
 
 from cnnjax import models
-from cnnjax.models import layers
+from cnnjax.models import layers, xla_cpu
 from cnnjax.train import step as step_lib
 
 CASES = [  # (H, W), kernel, strides, padding
@@ -38,7 +39,7 @@ def test_conv_as_matmul_equals_lax_conv_and_its_gradients(spatial, kernel_size, 
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
   def as_matmul(x, w):
-    return layers.conv_as_matmul(x, w, strides, padding)
+    return xla_cpu.conv_as_matmul(x, w, strides, padding)
 
   expected, got = reference(x, w), as_matmul(x, w)
   assert got.shape == expected.shape
@@ -49,10 +50,10 @@ def test_conv_as_matmul_equals_lax_conv_and_its_gradients(spatial, kernel_size, 
 
 
 def test_only_convolutions_xla_would_swap_take_the_matmul_path():
-  assert layers.xla_swaps_conv_operands((2, 2), (3, 3))
-  assert layers.xla_swaps_conv_operands((1, 1), (3, 3))
-  assert not layers.xla_swaps_conv_operands((3, 3), (3, 3))
-  assert not layers.xla_swaps_conv_operands((1, 1), (1, 1))
+  assert xla_cpu.xla_swaps_conv_operands((2, 2), (3, 3))
+  assert xla_cpu.xla_swaps_conv_operands((1, 1), (3, 3))
+  assert not xla_cpu.xla_swaps_conv_operands((3, 3), (3, 3))
+  assert not xla_cpu.xla_swaps_conv_operands((1, 1), (1, 1))
   # VGG16 at 32px: block5 sees 2x2 maps; its compiled forward holds matmuls there, not convolutions.
   model = models.create("vgg16", num_classes=10, batch_norm=True, head="gap")
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
@@ -79,7 +80,7 @@ def test_strided_conv_equals_lax_conv_and_its_gradients(shape, kernel_size, stri
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
   def col2im(x, w):
-    return layers.strided_conv(x, w, strides, layers._hashable_padding(padding))
+    return xla_cpu.strided_conv(x, w, strides, layers._hashable_padding(padding))
 
   np.testing.assert_array_equal(col2im(x, w), reference(x, w))  # the forward is lax's own
   loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
@@ -93,7 +94,7 @@ def test_strided_conv_input_gradient_by_hand():
   kernel = jnp.asarray([[1.0, 2.0], [3.0, 4.0]]).reshape(2, 2, 1, 1)
   cotangent = jnp.asarray([[1.0, -1.0], [10.0, 0.0]]).reshape(1, 2, 2, 1)
   image = jnp.zeros((1, 4, 4, 1))
-  gradient = jax.vjp(lambda x: layers.strided_conv(x, kernel, (2, 2), "VALID"), image)[1](cotangent)[0]
+  gradient = jax.vjp(lambda x: xla_cpu.strided_conv(x, kernel, (2, 2), "VALID"), image)[1](cotangent)[0]
   np.testing.assert_array_equal(gradient[0, :, :, 0], [[1, 2, -1, -2], [3, 4, -3, -4], [10, 20, 0, 0],
                                                        [30, 40, 0, 0]])
 
@@ -128,11 +129,11 @@ def test_max_pool_equals_flax_max_pool_and_its_gradient(shape, window, strides, 
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)  # no ties: the maximum of each window is unique
   expected = nn.max_pool(x, window, strides, padding)
-  got = layers.max_pool(x, window, strides, padding)
+  got = xla_cpu.max_pool(x, window, strides, padding)
   assert got.shape == expected.shape and bool((got == expected).all())
   cotangent = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
   want = jax.vjp(lambda x: nn.max_pool(x, window, strides, padding), x)[1](cotangent)[0]
-  have = jax.vjp(lambda x: layers.max_pool(x, window, strides, padding), x)[1](cotangent)[0]
+  have = jax.vjp(lambda x: xla_cpu.max_pool(x, window, strides, padding), x)[1](cotangent)[0]
   np.testing.assert_allclose(have, want, rtol=1e-6, atol=1e-6)
 
 
@@ -141,13 +142,13 @@ def test_max_pool_gradient_goes_to_the_first_maximum_and_sums_over_overlapping_w
   x = jnp.asarray([[5., 5., 1., 2.],
                    [5., 0., 3., 3.],
                    [4., 0., 3., 3.]])[None, :, :, None]
-  gradient = jax.grad(lambda x: jnp.sum(layers.max_pool(x, (2, 2), (1, 2), "VALID") * jnp.asarray(
+  gradient = jax.grad(lambda x: jnp.sum(xla_cpu.max_pool(x, (2, 2), (1, 2), "VALID") * jnp.asarray(
       [[1., 10.], [100., 1000.]])[None, :, :, None]))(x)[0, :, :, 0]
   # Window 1 ties at 5 (0,0),(0,1),(1,0): row-major first is (0,0). Window 3's max 5 at (1,0) (shared pixel).
   # Windows 2 and 4 tie at 3: (1,2) is first in both, so it collects 10 + 1000.
   np.testing.assert_array_equal(gradient, [[1., 0., 0., 0.], [100., 0., 1010., 0.], [0., 0., 0., 0.]])
   with_nan = x.at[0, 1, 1, 0].set(jnp.nan)  # a NaN anywhere in a window propagates, as lax's max does
-  np.testing.assert_array_equal(jnp.isnan(layers.max_pool(with_nan, (2, 2), (1, 2), "VALID"))[0, :, :, 0],
+  np.testing.assert_array_equal(jnp.isnan(xla_cpu.max_pool(with_nan, (2, 2), (1, 2), "VALID"))[0, :, :, 0],
                                 [[True, False], [True, False]])
 
 
@@ -186,13 +187,13 @@ def test_materialized_is_the_identity_for_values_and_gradients():
   values = jnp.asarray([[0.5, -0.0, 3e38], [jnp.inf, -jnp.inf, 1e-30]], jnp.float32)
   for probe in (1.5, jnp.inf, -jnp.inf, jnp.nan):  # the pixel the runtime one is built from
     x = values.at[0, 0].set(probe)
-    np.testing.assert_array_equal(layers.materialized(x), x)
-    np.testing.assert_array_equal(jax.jit(layers.materialized)(x), x)
+    np.testing.assert_array_equal(xla_cpu.materialized(x), x)
+    np.testing.assert_array_equal(jax.jit(xla_cpu.materialized)(x), x)
   half = jnp.asarray([1.5, -2.25], jnp.bfloat16)
-  assert layers.materialized(half).dtype == jnp.bfloat16
-  np.testing.assert_array_equal(layers.materialized(half), half)
+  assert xla_cpu.materialized(half).dtype == jnp.bfloat16
+  np.testing.assert_array_equal(xla_cpu.materialized(half), half)
   cotangent = jnp.asarray([[1.0, -2.0, 3.0], [4.0, 5.0, -6.0]])
-  np.testing.assert_array_equal(jax.vjp(layers.materialized, values.at[0, 0].set(1.0))[1](cotangent)[0], cotangent)
+  np.testing.assert_array_equal(jax.vjp(xla_cpu.materialized, values.at[0, 0].set(1.0))[1](cotangent)[0], cotangent)
 
 
 def _most_relus_in_one_fused_computation(hlo: str) -> int:

@@ -7,7 +7,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from cnnjax.explain import features, gradients
+from cnnjax.explain import backprop, features, gradients
 
 
 # Copies of the batch evaluated per model call: enough to keep the CPU busy on small models, while a
@@ -51,7 +51,7 @@ def smoothgrad(model, variables, images, targets, *, samples: int = 25, noise: f
   if not noise >= 0:
     raise ValueError(f"noise must be a non-negative fraction of the image's value range; got {noise}")
   return _smoothgrad(features.static_model(model), variables, images, targets, jnp.float32(noise),
-                     jnp.uint32(seed), int(samples), gradients.check_modifier(modifier))
+                     jnp.uint32(seed), int(samples), backprop.check_modifier(modifier))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "steps"))

@@ -11,7 +11,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from cnnjax.explain import features, gradients
+from cnnjax.explain import backprop, features, gradients
 
 # A map whose maximum is below the smallest normal float32 stays all-zero rather than NaN. The guard is not
 # larger because untrained or badly scaled models legitimately give maps of order 1e-12.
@@ -79,7 +79,7 @@ def _prepare(model, images, targets, layer, modifier):
   images = features.check_images(images)
   targets = features.check_targets(model, images, targets)
   info = features.resolve_layer(model, images.shape[1:], layer, spatial=True)
-  return features.static_model(model), images, targets, info, gradients.check_modifier(modifier)
+  return features.static_model(model), images, targets, info, backprop.check_modifier(modifier)
 
 
 def gradcam(model, variables, images, targets, *, layer: Optional[str] = None,

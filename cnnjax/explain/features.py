@@ -1,62 +1,22 @@
-"""Layers by name: listing them, capturing their outputs, and probing them for gradients.
+"""Layers by name for the explainers: resolving a name (or its Keras 2.1 alias), the default Grad-CAM layer,
+capturing outputs, and gradients at a layer's output; plus the checks of images and targets every explainer
+makes, with one-line errors.
 
-A "layer" is any submodule whose `__call__` returns one array, named by its path under the model joined
-with '/' (a flat Keras-style model's layers are just `block5_conv3`, `conv5_block3_out`, `predictions`).
-Everything is found with `nn.intercept_methods` while the model is traced, so no model needs hooks or
-rewriting, and an imported model works as soon as it is a Linen module.
+Listing and capturing are `cnnjax.models.introspect`'s (by `nn.intercept_methods`, so any Linen module works);
+the backprop modifier is `backprop`'s.
 """
-import dataclasses
 import functools
 import re
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax.models import layers as layers_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerInfo:
-  name: str
-  shape: Tuple[int, ...]  # output shape for a batch of one image
-  kind: str  # the module's class name
-
-
-class _ByIdentity:
-  """Stands in for an unhashable model as a static jit argument (same object -> same compiled function)."""
-
-  def __init__(self, model):
-    self.model = model
-
-  def __hash__(self):
-    return id(self.model)
-
-  def __eq__(self, other):
-    return isinstance(other, _ByIdentity) and other.model is self.model
-
-
-def static_model(model):
-  """`model` as a hashable static argument: itself when hashable (a Linen dataclass), else by identity."""
-  if not isinstance(model, nn.Module):
-    raise TypeError(f"expected a flax.linen Module, got {type(model).__name__}; build one with "
-                    "cnnjax.models.create(name, num_classes=...)")
-  try:
-    hash(model)
-    return model
-  except TypeError:
-    return _ByIdentity(model)
-
-
-def unwrap_model(model):
-  return model.model if isinstance(model, _ByIdentity) else model
-
-
-def _module_name(context) -> str:
-  return "/".join(context.module.path)
+from cnnjax.explain import backprop
+from cnnjax.models import introspect
+from cnnjax.models.introspect import LayerInfo, layer_infos, num_classes, static_model, unwrap_model
 
 
 def apply_logits(model, variables, images):
@@ -67,50 +27,6 @@ def apply_logits(model, variables, images):
 def target_logits(logits, targets):
   """logits[b, targets[b]] for each image, in float32 so bfloat16 models differentiate accurately."""
   return jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0].astype(jnp.float32)
-
-
-@functools.lru_cache(maxsize=64)
-def _trace_layers(model, image_shape: Tuple[int, ...], dtype) -> Tuple[Tuple[LayerInfo, ...], Tuple[int, ...]]:
-  """(layers in the order their outputs are produced, logits shape), found by tracing `init` abstractly."""
-  records = []
-
-  def record(next_fun, args, kwargs, context):
-    outputs = next_fun(*args, **kwargs)
-    if (context.method_name == "__call__" and context.module.path and isinstance(outputs, jax.Array)):
-      records.append(LayerInfo(_module_name(context), tuple(outputs.shape), type(context.module).__name__))
-    return outputs
-
-  def init(images):
-    with nn.intercept_methods(record):
-      return unwrap_model(model).init_with_output(jax.random.PRNGKey(0), images, train=False)[0]
-
-  logits = jax.eval_shape(init, jax.ShapeDtypeStruct(image_shape, dtype))
-  unique = {}
-  for info in records:  # a module called twice is listed at its first use
-    unique.setdefault(info.name, info)
-  return tuple(unique.values()), tuple(logits.shape)
-
-
-def _image_shape(input_shape: Sequence[int]) -> Tuple[int, ...]:
-  input_shape = tuple(int(d) for d in input_shape)
-  if len(input_shape) == 3:
-    return (1, *input_shape)
-  if len(input_shape) == 4:
-    return (1, *input_shape[1:])
-  raise ValueError(f"input_shape must be (H, W, C) or (B, H, W, C); got {input_shape}")
-
-
-def layer_infos(model, input_shape: Sequence[int], dtype=jnp.float32) -> Tuple[LayerInfo, ...]:
-  return _trace_layers(static_model(model), _image_shape(input_shape), jnp.dtype(dtype))[0]
-
-
-def layer_names(model, input_shape: Sequence[int]) -> list:
-  """Names of the model's layers in forward order, for `input_shape` (H, W, C) or (B, H, W, C)."""
-  return [info.name for info in layer_infos(model, input_shape)]
-
-
-def num_classes(model, input_shape: Sequence[int], dtype=jnp.float32) -> int:
-  return _trace_layers(static_model(model), _image_shape(input_shape), jnp.dtype(dtype))[1][-1]
 
 
 # Keras 2.1 ResNet50 names (the tutorials' `res5c_branch2c`) -> Keras 2.2+ names, which the zoo uses.
@@ -181,37 +97,20 @@ def default_cam_layer(infos: Sequence[LayerInfo]) -> LayerInfo:
   return (informative or spatial)[-1]
 
 
-def probed_apply(model, variables, images, probes: Dict[str, Any], captured: Dict[str, Any]):
-  """Applies the model, recording each named layer's output in `captured` (its first call's, if shared),
-  after adding `probes[name]` to it unless that is None."""
-
-  def intercept(next_fun, args, kwargs, context):
-    outputs = next_fun(*args, **kwargs)
-    name = _module_name(context)
-    if context.method_name == "__call__" and name in probes and name not in captured:
-      if probes[name] is not None:
-        outputs = outputs + probes[name].astype(outputs.dtype)
-      captured[name] = outputs
-    return outputs
-
-  with nn.intercept_methods(intercept):
-    return apply_logits(model, variables, images)
-
-
 def probe_gradients(model, variables, images, targets, layer: LayerInfo, modifier: Optional[str] = None):
   """(A, d sum_b logit_b[target_b] / dA) for the layer's output A, in one forward pass.
 
-  The gradient is taken with respect to a zero probe added to A, never with respect to the parameters or
-  the images, so JAX linearises only the part of the network above the layer: the cost stays near one
-  forward pass whatever the depth. Images are independent in inference mode, so the gradient of the
-  batch sum is each image's own gradient.
+  The gradient is taken with respect to a zero probe added to A (`introspect.capture_outputs`), never with
+  respect to the parameters or the images, so JAX linearises only the part of the network above the layer: the
+  cost stays near one forward pass whatever the depth. Images are independent in inference mode, so the
+  gradient of the batch sum is each image's own gradient.
   """
+  backprop.check_reachable(model, images.shape, modifier, images.dtype)
   probe = jnp.zeros((images.shape[0], *layer.shape[1:]), jnp.float32)
 
   def score(probe):
-    captured = {}
-    with layers_lib.backprop_modifier(modifier):
-      logits = probed_apply(model, variables, images, {layer.name: probe}, captured)
+    with backprop.modified_backprop(modifier):
+      logits, captured = introspect.capture_outputs(model, variables, images, [layer.name], {layer.name: probe})
     return jnp.sum(target_logits(logits, targets)), captured[layer.name]
 
   gradients, features = jax.grad(score, has_aux=True)(probe)
@@ -220,9 +119,7 @@ def probe_gradients(model, variables, images, targets, layer: LayerInfo, modifie
 
 @functools.partial(jax.jit, static_argnames=("model", "names"))
 def _activations(model, variables, images, names):
-  captured = {}
-  probed_apply(unwrap_model(model), variables, images, dict.fromkeys(names), captured)
-  return {name: captured[name] for name in names}
+  return introspect.capture_outputs(unwrap_model(model), variables, images, names)[1]
 
 
 def check_images(images, what: str = "images") -> jax.Array:

@@ -1,20 +1,20 @@
 """Saliency maps: the gradient of a class logit with respect to the input (Simonyan et al. 2014), plain,
-guided (Springenberg et al. 2015) or rectified (Zeiler & Fergus 2014) through every ReLU."""
+guided (Springenberg et al. 2015) or rectified (Zeiler & Fergus 2014) through every ReLU (`backprop`)."""
 import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-from cnnjax.explain import features
-from cnnjax.models import layers as layers_lib
+from cnnjax.explain import backprop, features
 
 
 def input_gradients(model, variables, images, targets, modifier: Optional[str] = None):
   """d logit[target] / d images per image; `modifier` must be chosen here, where the model is traced."""
+  backprop.check_reachable(model, images.shape, modifier, images.dtype)
 
   def score(images):
-    with layers_lib.backprop_modifier(modifier):
+    with backprop.modified_backprop(modifier):
       logits = features.apply_logits(model, variables, images)
     return jnp.sum(features.target_logits(logits, targets))
 
@@ -26,12 +26,6 @@ def _saliency(model, variables, images, targets, modifier):
   return input_gradients(features.unwrap_model(model), variables, images, targets, modifier)
 
 
-def check_modifier(modifier):
-  if modifier not in layers_lib.BACKPROP_MODIFIERS:
-    raise ValueError(f"unknown modifier {modifier!r}; choose one of {layers_lib.BACKPROP_MODIFIERS}")
-  return modifier
-
-
 def saliency(model, variables, images, targets, *, modifier: Optional[str] = None) -> jax.Array:
   """(B, H, W, C) gradient of each image's target logit w.r.t. its pixels.
 
@@ -39,7 +33,7 @@ def saliency(model, variables, images, targets, *, modifier: Optional[str] = Non
   """
   images = features.check_images(images)
   targets = features.check_targets(model, images, targets)
-  return _saliency(features.static_model(model), variables, images, targets, check_modifier(modifier))
+  return _saliency(features.static_model(model), variables, images, targets, backprop.check_modifier(modifier))
 
 
 def saliency_map(gradients) -> jax.Array:

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from cnnjax.explain import features
+from cnnjax.models import introspect
 
 Units = Sequence[Union[int, Sequence[int]]]
 
@@ -40,9 +41,7 @@ def _unit_values(model, variables, images, layer):
   """(B, units): the logits, or a layer's channels averaged over space."""
   if layer is None:
     return features.apply_logits(model, variables, images).astype(jnp.float32)
-  captured = {}
-  features.probed_apply(model, variables, images, {layer.name: None}, captured)
-  outputs = captured[layer.name].astype(jnp.float32)
+  outputs = introspect.capture_outputs(model, variables, images, [layer.name])[1][layer.name].astype(jnp.float32)
   return jnp.mean(outputs, axis=tuple(range(1, outputs.ndim - 1)))
 
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, Tuple
 
 import flax.linen as nn
 
-from cnnjax.models import alexnet, layers, lenet, mobilenet, resnet, simple, vgg
+from cnnjax.models import alexnet, introspect, layers, lenet, mobilenet, resnet, simple, vgg
 from cnnjax.models.summary import summary
 
 _COMMON = ("dtype", "axis_name")
@@ -74,4 +74,4 @@ def create(name: str, *, num_classes: int, **model_options) -> nn.Module:
   return model
 
 
-__all__ = ["create", "names", "options", "summary", "layers"]
+__all__ = ["create", "names", "options", "summary", "layers", "introspect"]

@@ -5,107 +5,44 @@ is both the key of its parameters in `variables['params']` and a place whose out
 capture or differentiate with respect to. Like Keras, a `Conv`/`Dense` with an `activation` outputs the
 activated value under its own name (Keras's `block5_conv3` is post-ReLU).
 
-Every ReLU goes through `activate`, which consults `backprop_modifier` while a function is being traced:
-guided and rectified backprop are chosen per explainer call, without rewriting any model.
+Convolutions and max pooling go through `xla_cpu`, which gives XLA:CPU its own kernels where a program is
+lowered for CPU and plain lax elsewhere.
+
+Every activation of a layer runs in the layer's Flax method `activate` (the `Activated` base), which code
+outside the model can intercept with `nn.intercept_methods`: the explainers swap the gradient rule of the ReLUs
+there (guided and rectified backprop, `cnnjax.explain.backprop`) and the models never know. Nothing here reads
+a context: BatchNorm is Flax's own, normalising with batch statistics exactly when train=True, and fine-tuning
+freezes chosen ones from outside too (`cnnjax.models.introspect.frozen_batch_norm`).
 
 Below the layers is what the architectures share: option checks, the input-size check (a one-line error instead
 of an empty feature map), and the builder of Keras-Sequential-like stacks (`sequential_cnn`).
 """
-import contextlib
-import contextvars
 import collections
 import dataclasses
-import functools
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnnjax.models import xla_cpu
+
 ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "tanh", "sigmoid", "linear")
-BACKPROP_MODIFIERS = (None, "guided", "relu")
-
-_backprop_modifier = contextvars.ContextVar("cnnjax_backprop_modifier", default=None)
-_frozen_batch_norms = contextvars.ContextVar("cnnjax_frozen_batch_norms", default=frozenset())
+RELU_CAPS = {"relu": None, "relu6": 6.0}  # the rectifiers, by the value that caps them
 
 
-@contextlib.contextmanager
-def backprop_modifier(modifier: Optional[str]):
-  """Within this context, ReLUs traced into a computation backpropagate with `modifier`.
-
-  None: the true gradient. 'guided' (Springenberg et al. 2015): the gradient passes only where the forward
-  input and the incoming gradient are both positive. 'relu' (rectified / deconvnet, Zeiler & Fergus 2014):
-  only positive incoming gradients pass, whatever the forward input. The context must enclose the tracing of
-  the function (e.g. the body of a jitted explainer); it does not affect already-compiled functions.
-  """
-  if modifier not in BACKPROP_MODIFIERS:
-    raise ValueError(f"unknown backprop modifier {modifier!r}; choose one of {BACKPROP_MODIFIERS}")
-  token = _backprop_modifier.set(modifier)
-  try:
-    yield
-  finally:
-    _backprop_modifier.reset(token)
-
-
-@contextlib.contextmanager
-def frozen_batch_norm(names: Sequence[str]):
-  """Within this context, the BatchNorm layers called `names` normalise with their moving statistics even when
-  the model is applied with train=True, as Keras runs a layer with `trainable = False` (since Keras 2.1.3).
-
-  Fine-tuning needs this: a frozen backbone normalising with the statistics of small new-domain batches feeds
-  the head features unlike those it will see at inference. Like `backprop_modifier`, it acts while tracing.
-  """
-  token = _frozen_batch_norms.set(frozenset(names))
-  try:
-    yield
-  finally:
-    _frozen_batch_norms.reset(token)
-
-
-def uses_moving_statistics(train: bool, name: str) -> bool:
-  """Whether the BatchNorm layer `name` normalises with its moving statistics (see `frozen_batch_norm`)."""
-  return not train or name in _frozen_batch_norms.get()
-
-
-def _clipped_relu(x, cap):
+def clipped_relu(x, cap: Optional[float]):
+  """max(x, 0), capped at `cap` unless it is None (ReLU6, as MobileNet uses)."""
   return jnp.clip(x, 0, cap) if cap is not None else jax.nn.relu(x)
 
 
-def _make_modified_relu(modifier: str, cap: Optional[float]):
-  @jax.custom_vjp
-  def modified_relu(x):
-    return _clipped_relu(x, cap)
-
-  def forward(x):
-    return _clipped_relu(x, cap), x
-
-  def backward(x, cotangent):
-    passes = cotangent > 0
-    if modifier == "guided":
-      passes &= x > 0
-      if cap is not None:
-        passes &= x < cap
-    return (jnp.where(passes, cotangent, 0).astype(cotangent.dtype),)
-
-  modified_relu.defvjp(forward, backward)
-  return modified_relu
-
-
-_MODIFIED_RELUS = {(m, cap): _make_modified_relu(m, cap)
-                   for m in ("guided", "relu") for cap in (None, 6.0)}
-
-
-def activate(x, kind: Optional[str]):
-  """Applies a named activation; ReLU and ReLU6 honour the active `backprop_modifier`."""
+def apply_activation(x, kind: Optional[str]):
+  """Applies an activation named as Keras names it (None: none)."""
   if kind in (None, "linear"):
     return x
-  if kind in ("relu", "relu6"):
-    cap = 6.0 if kind == "relu6" else None
-    modifier = _backprop_modifier.get()
-    if modifier is None:
-      return _clipped_relu(x, cap)
-    return _MODIFIED_RELUS[(modifier, cap)](x)
+  if kind in RELU_CAPS:
+    return clipped_relu(x, RELU_CAPS[kind])
   if kind == "leaky_relu":
     return jax.nn.leaky_relu(x, negative_slope=0.3)  # Keras LeakyReLU default slope
   if kind == "elu":
@@ -117,18 +54,31 @@ def activate(x, kind: Optional[str]):
   raise ValueError(f"unknown activation {kind!r}; choose one of {ACTIVATIONS}")
 
 
+class Activated(nn.Module):
+  """Base of the layers that end in a named activation: `Conv`, `Dense`, `DepthwiseConv`, `Activation`.
+
+  Flax wraps every method of a Module, so `nn.intercept_methods` sees each activation as a call of `activate`
+  with `args == (inputs, kind)`: one place where an explainer can replace a ReLU's gradient rule, whatever the
+  layer. The base declares no fields, so subclasses order theirs (required ones first) as they need.
+  """
+
+  def activate(self, inputs, kind: Optional[str]):
+    """`apply_activation(inputs, kind)`, as a method so that it can be intercepted."""
+    return apply_activation(inputs, kind)
+
+
 def check_activation(kind: Optional[str]) -> None:
   if kind not in ACTIVATIONS and kind is not None:
     raise ValueError(f"unknown activation {kind!r}; choose one of {ACTIVATIONS}")
 
 
-Padding = Union[str, Sequence[Tuple[int, int]]]
+Padding = xla_cpu.Padding  # 'SAME'/'VALID' (TensorFlow's) or explicit (before, after) pairs
 
 # Keras's defaults, so that models trained here behave like the tutorials' models.
 default_kernel_init = nn.initializers.glorot_uniform()
 
 
-class Conv(nn.Module):
+class Conv(Activated):
   """2-D convolution (HWIO kernel, optional bias) followed by an optional activation, as Keras Conv2D.
 
   `padding='SAME'` is TensorFlow's (extra pixel at the bottom/right for stride 2), like Keras.
@@ -155,37 +105,10 @@ class Conv(nn.Module):
     dtype = self.dtype or inputs.dtype
     padding = _hashable_padding(self.padding)
     inputs, kernel = inputs.astype(dtype), kernel.astype(dtype)
-    if self.feature_group_count == 1 and xla_swaps_conv_operands(inputs.shape[1:3], self.kernel_size):
-      outputs = conv_as_matmul(inputs, kernel, self.strides, padding)
-    elif self.feature_group_count == 1 and uses_col2im_input_gradient(self.strides, self.kernel_size):
-      outputs = strided_conv(inputs, kernel, tuple(self.strides), padding)
-    else:
-      outputs = lax.conv_general_dilated(
-          inputs, kernel, window_strides=self.strides, padding=padding,
-          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.feature_group_count)
+    outputs = xla_cpu.conv(inputs, kernel, self.strides, padding, self.feature_group_count)
     if self.use_bias:
       outputs = outputs + self.param("bias", nn.initializers.zeros, (self.features,)).astype(dtype)
-    return activate(outputs, self.activation)
-
-
-def xla_swaps_conv_operands(spatial: Sequence[int], kernel_size: Sequence[int]) -> bool:
-  """Whether XLA's ConvOperandSwapper will make the image the kernel: when the kernel window holds more pixels
-  than the feature map (a 3x3 conv on VGG16's 2x2 block5 maps at 32px input, on ResNet50's 1x1 stage-5 maps
-  at 32px). XLA:CPU runs that swapped convolution, and the input gradient of such a layer, in a naive loop,
-  30-60x slower than the same FLOPs as a matmul (bench/RESULTS.md)."""
-  return kernel_size[0] * kernel_size[1] > spatial[0] * spatial[1]
-
-
-def conv_as_matmul(inputs, kernel, strides: Sequence[int], padding: Padding):
-  """`lax.conv_general_dilated` (NHWC, HWIO, no dilation or groups) as im2col + one matmul: the (N, H', W',
-  kh*kw*C) patches times the kernel reshaped to (kh*kw*C, O). Cheap on the small maps it is used for; its
-  gradients are matmuls, pads and slices too."""
-  window = kernel.shape[:2]
-  padded, _, out_shape = _pad_for_windows(inputs, window, strides, padding, 0)
-  if min(out_shape) < 1:  # the window does not fit: an empty map, as lax returns
-    return jnp.zeros((inputs.shape[0], *(max(size, 0) for size in out_shape), kernel.shape[-1]), inputs.dtype)
-  patches = jnp.concatenate(window_slices(padded, window, strides, out_shape), axis=-1)
-  return patches @ kernel.reshape(-1, kernel.shape[-1])
+    return self.activate(outputs, self.activation)
 
 
 def _hashable_padding(padding: Padding) -> Padding:
@@ -194,133 +117,7 @@ def _hashable_padding(padding: Padding) -> Padding:
   return padding.upper() if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
 
 
-def _window_geometry(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: Padding):
-  """((before, after) pads per spatial axis, the output (H', W')) of a windowed op on an (H, W) map."""
-  padding = _hashable_padding(padding)
-  pads = tuple(lax.padtype_to_pads(spatial, window, strides, padding)) if isinstance(padding, str) else padding
-  out_shape = tuple((spatial[axis] + sum(pads[axis]) - window[axis]) // strides[axis] + 1 for axis in range(2))
-  return pads, out_shape
-
-
-def _pad_for_windows(inputs, window: Sequence[int], strides: Sequence[int], padding: Padding, value):
-  """(NHWC inputs padded with `value` as `padding` asks, the (before, after) pads, the output (H', W'))."""
-  pads, out_shape = _window_geometry(inputs.shape[1:3], window, strides, padding)
-  padded = jnp.pad(inputs, ((0, 0), *pads, (0, 0)), constant_values=value)
-  return padded, pads, out_shape
-
-
-def window_slices(padded, window: Sequence[int], strides: Sequence[int], out_shape: Sequence[int]) -> list:
-  """The kh*kw strided views of a padded NHWC map, in row-major window order: view (i, j) holds pixel (i, j)
-  of every window, so elementwise work over the views is work over each window."""
-  return [padded[:, i:i + (out_shape[0] - 1) * strides[0] + 1:strides[0],
-                 j:j + (out_shape[1] - 1) * strides[1] + 1:strides[1]]
-          for i in range(window[0]) for j in range(window[1])]
-
-
-def _summed_window_slices_transpose(views: Sequence, window: Sequence[int], strides: Sequence[int], padding: Padding,
-                                    input_shape: Sequence[int]):
-  """The transpose of `window_slices` (after `_pad_for_windows`): each view's values added back at the pixels it
-  was sliced from, summed, and the padding cropped. Pads with interior padding, which XLA fuses into one pass."""
-  pads, out_shape = _window_geometry(input_shape[1:3], window, strides, padding)
-  padded_shape = [size + sum(pad) for size, pad in zip(input_shape[1:3], pads)]
-  zero = jnp.zeros((), views[0].dtype)
-  total = jnp.zeros((input_shape[0], *padded_shape, views[0].shape[-1]), views[0].dtype)
-  for offset, view in enumerate(views):
-    row, col = divmod(offset, window[1])
-    total = total + lax.pad(view, zero, [
-        (0, 0, 0),
-        (row, padded_shape[0] - row - (out_shape[0] - 1) * strides[0] - 1, strides[0] - 1),
-        (col, padded_shape[1] - col - (out_shape[1] - 1) * strides[1] - 1, strides[1] - 1),
-        (0, 0, 0)])
-  return total[:, pads[0][0]:pads[0][0] + input_shape[1], pads[1][0]:pads[1][0] + input_shape[2]]
-
-
-# Above this many taps col2im's strided adds cost more than XLA's own input gradient (AlexNet's 11x11/4 stem
-# 0.72x; ResNet50's 7x7/2 stem 1.37x faster; bench/strided_conv.py).
-_COL2IM_MAX_TAPS = 49
-
-
-def uses_col2im_input_gradient(strides: Sequence[int], kernel_size: Sequence[int]) -> bool:
-  """Whether a convolution's input gradient is taken by `strided_conv`'s col2im rather than by JAX's rule."""
-  return max(strides) > 1 and kernel_size[0] * kernel_size[1] <= _COL2IM_MAX_TAPS
-
-
-def _lax_conv(inputs, kernel, strides, padding):
-  return lax.conv_general_dilated(inputs, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def strided_conv(inputs, kernel, strides: Tuple[int, int], padding: Padding):
-  """`lax.conv_general_dilated` (NHWC, HWIO, no groups) whose input gradient is col2im: one matmul of the output
-  gradient with the transposed kernel gives every window's patch gradient, added back at the pixels the window
-  covered. JAX differentiates a strided convolution as a convolution over the output gradient dilated by the
-  stride, which XLA:CPU computes over all the inserted zeros: 1.4-3.2x the forward's time on ResNet's strided
-  layers (5.1x on ResNet50's stem), against 1.1-1.4x (3.7x) this way (bench/strided_conv.py). The kernel
-  gradient is JAX's own."""
-  return _lax_conv(inputs, kernel, strides, padding)
-
-
-def _strided_conv_forward(inputs, kernel, strides, padding):
-  return _lax_conv(inputs, kernel, strides, padding), (inputs, kernel)
-
-
-def _strided_conv_backward(strides, padding, residuals, cotangents):
-  inputs, kernel = residuals
-  (kernel_gradient,) = jax.vjp(lambda kernel: _lax_conv(inputs, kernel, strides, padding), kernel)[1](cotangents)
-  window, channels = kernel.shape[:2], kernel.shape[2]
-  patch_gradients = cotangents @ kernel.reshape(-1, kernel.shape[-1]).T  # (N, H', W', kh * kw * C), row-major taps
-  views = [patch_gradients[..., tap * channels:(tap + 1) * channels] for tap in range(window[0] * window[1])]
-  return _summed_window_slices_transpose(views, window, strides, padding, inputs.shape), kernel_gradient
-
-
-strided_conv.defvjp(_strided_conv_forward, _strided_conv_backward)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def max_pool(inputs, window: Tuple[int, int], strides: Tuple[int, int], padding: Padding):
-  """NHWC max pooling whose gradient goes to each window's first maximum in row-major order, as TensorFlow's
-  MaxPoolGrad. The forward is elementwise over the window's strided views and also keeps each window's argmax
-  offset; the backward spreads the cotangent by those offsets (pads of strided slices, fused by XLA).
-  JAX's own max-pool gradient is an argmax reduce-window over four full-size index arrays and a scatter, which
-  XLA:CPU ran in about half of simple_cnn's training step (bench/RESULTS.md)."""
-  return _max_pool_forward(inputs, window, strides, padding)[0]
-
-
-def _max_pool_forward(inputs, window, strides, padding):
-  padded, _, out_shape = _pad_for_windows(inputs, window, strides, padding, -jnp.inf)
-  views = window_slices(padded, window, strides, out_shape)
-  # One pass keeps each window's maximum and the offset of its first occurrence; the backward routes by that
-  # offset, so it never compares recomputed values (another fusion may round them differently).
-  pooled, first = views[0], jnp.zeros(views[0].shape, jnp.int8 if len(views) < 128 else jnp.int32)
-  for offset, view in enumerate(views[1:], start=1):
-    later_max = (view > pooled) | jnp.isnan(view)  # NaN wins, as lax's max propagates it
-    pooled, first = jnp.where(later_max, view, pooled), jnp.where(later_max, offset, first)
-  return pooled, (first, inputs.shape)
-
-
-def _max_pool_backward(window, strides, padding, residuals, cotangents):
-  first, input_shape = residuals
-  views = [jnp.where(first == offset, cotangents, 0) for offset in range(window[0] * window[1])]
-  return (_summed_window_slices_transpose(views, window, strides, padding, input_shape),)
-
-
-max_pool.defvjp(_max_pool_forward, _max_pool_backward)
-
-
-def materialized(values):
-  """`values`, computed once. XLA:CPU's fusion copies cheap elementwise producers into every consumer it can fuse
-  with, including the layout copies that feed kernel-gradient convolutions; through a chain of residual blocks that
-  recomputes every earlier block of the chain per copy, quadratic in depth (resnet20's training step ran 1.2-1.6x
-  slower, bench/RESULTS.md). XLA never duplicates a floating-point divide, so dividing by a one it cannot fold
-  (built from a runtime value; exactly 1 for any value) makes the division, and so `values`, one buffer."""
-  if values.size == 0:
-    return values
-  probe = lax.stop_gradient(values[(0,) * values.ndim])
-  one = jnp.where(jnp.isfinite(probe), probe * 0 + 1, 1).astype(values.dtype)
-  return values / one
-
-
-class Dense(nn.Module):
+class Dense(Activated):
   """Fully connected layer (kernel `(in, out)`, bias) followed by an optional activation, as Keras Dense."""
   features: int
   use_bias: bool = True
@@ -335,10 +132,10 @@ class Dense(nn.Module):
     outputs = inputs.astype(dtype) @ kernel.astype(dtype)
     if self.use_bias:
       outputs = outputs + self.param("bias", nn.initializers.zeros, (self.features,)).astype(dtype)
-    return activate(outputs, self.activation)
+    return self.activate(outputs, self.activation)
 
 
-class DepthwiseConv(nn.Module):
+class DepthwiseConv(Activated):
   """Keras DepthwiseConv2D: param `depthwise_kernel` of shape (kh, kw, C, depth_multiplier), no bias by default.
 
   Output channel `c * depth_multiplier + m` is input channel c filtered by `depthwise_kernel[..., c, m]`, the
@@ -366,7 +163,7 @@ class DepthwiseConv(nn.Module):
     if self.use_bias:
       outputs = outputs + self.param("bias", nn.initializers.zeros,
                                      (channels * self.depth_multiplier,)).astype(dtype)
-    return activate(outputs, self.activation)
+    return self.activate(outputs, self.activation)
 
 
 class Add(nn.Module):
@@ -376,12 +173,12 @@ class Add(nn.Module):
     return sum(inputs[1:], inputs[0])
 
 
-class Activation(nn.Module):
+class Activation(Activated):
   """A stand-alone named activation (Keras `Activation`, e.g. ResNet50's `conv1_relu`, `conv2_block1_out`)."""
   kind: str = "relu"
 
   def __call__(self, inputs):
-    return activate(inputs, self.kind)
+    return self.activate(inputs, self.kind)
 
 
 class Pool(nn.Module):
@@ -395,10 +192,7 @@ class Pool(nn.Module):
     strides = self.strides or self.window
     padding = _hashable_padding(self.padding)
     if self.kind == "max":
-      window, strides = tuple(self.window), tuple(strides)
-      if min(_window_geometry(inputs.shape[1:3], window, strides, padding)[1]) < 1:
-        return nn.max_pool(inputs, window, strides, padding)  # an empty map, as flax returns it
-      return max_pool(inputs, window, strides, padding)
+      return xla_cpu.max_pooling(inputs, self.window, strides, padding)
     if self.kind == "average":
       # Keras averages over the valid pixels only at padded borders.
       return nn.avg_pool(inputs, self.window, strides, padding, count_include_pad=False)
@@ -427,9 +221,10 @@ def batch_norm(train: bool, *, name: str, epsilon: float = 1e-3, axis_name: Opti
   Parameters are `params/<name>/{scale,bias}`, statistics `batch_stats/<name>/{mean,var}`. With `axis_name`,
   training statistics are averaged over that mapped axis (synchronous BatchNorm under `pmap`); under `jit`
   with a sharded batch the mean is already global. Parameters and statistics stay float32 under bfloat16.
-  Layers named in an enclosing `frozen_batch_norm` always use the moving statistics.
+  It normalises with the moving statistics when not training, or when frozen from outside
+  (`cnnjax.models.introspect.frozen_batch_norm`).
   """
-  return nn.BatchNorm(use_running_average=uses_moving_statistics(train, name), momentum=0.99, epsilon=epsilon,
+  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=epsilon,
                       axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 

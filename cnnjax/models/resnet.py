@@ -21,7 +21,7 @@ from typing import Any, Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax.models import layers
+from cnnjax.models import layers, xla_cpu
 
 BLOCKS = ("basic", "bottleneck")
 STEMS = ("imagenet", "cifar")
@@ -62,8 +62,9 @@ def residual_block(inputs, name: str, width: int, strides: int, *, block: str, s
       outputs = act(name=f"{name}_{index}_relu")(outputs)
   outputs = layers.Add(name=f"{name}_add")(residual, outputs)
   # Through the identity shortcut each block's output is an elementwise function of every earlier block of its
-  # stage; pinned here, XLA:CPU stops recomputing whole stages inside its layout copies (see `materialized`).
-  return layers.materialized(act(name=f"{name}_out")(outputs))
+  # stage; pinned here, XLA:CPU stops recomputing whole stages inside its layout copies (see
+  # `xla_cpu.materialized`; other platforms take the value as it is).
+  return xla_cpu.materialize(act(name=f"{name}_out")(outputs))
 
 
 class ResNet(nn.Module):

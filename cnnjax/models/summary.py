@@ -3,8 +3,9 @@ from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from cnnjax.models import introspect
 
 _COLUMNS = (("Layer (type)", 44), ("Output Shape", 26), ("Param #", 14))
 
@@ -26,39 +27,21 @@ def summary(model: nn.Module, input_shape: Sequence[int], *, print_fn: Callable[
   """Each named layer's output shape (batch shown as None) and parameter count, in forward order, then totals.
 
   `input_shape` is (H, W, C) or (N, H, W, C). As Keras does, BatchNorm moving statistics count as
-  (non-trainable) parameters. Everything is traced with `jax.eval_shape`: nothing is computed or allocated,
-  so VGG16 at 224x224 summarises in seconds. Each line goes to `print_fn`; the whole table is returned.
+  (non-trainable) parameters. The model is traced abstractly (`introspect.trace`): nothing is computed or
+  allocated, so VGG16 at 224x224 summarises in seconds. Each line goes to `print_fn`; the whole table is returned.
   """
-  shape = tuple(input_shape)
-  if len(shape) == 3:
-    shape = (1, *shape)
-  if len(shape) != 4:
-    raise ValueError(f"input_shape {tuple(input_shape)} is not (H, W, C) or (N, H, W, C)")
-
-  called = []  # (layer name, module type, output shapes) in call order
-
-  def record(next_fun, args, kwargs, context):
-    outputs = next_fun(*args, **kwargs)
-    if context.method_name == "__call__" and len(context.module.path) == 1:  # the model's own layers
-      shapes = [leaf.shape for leaf in jax.tree_util.tree_leaves(outputs)]
-      called.append((context.module.path[0], type(context.module).__name__, shapes))
-    return outputs
-
-  def init(images):
-    key = jax.random.key(0)
-    with nn.intercept_methods(record):
-      return model.init({"params": key, "dropout": key}, images, train=False)
-
-  variables = jax.eval_shape(init, jax.ShapeDtypeStruct(shape, jnp.float32))
-  collections = {name: tree for name, tree in variables.items() if name in ("params", "batch_stats")}
+  traced = introspect.trace(model, input_shape)
+  collections = {name: tree for name, tree in traced.variables.items() if name in ("params", "batch_stats")}
   trainable = _count(collections.get("params", {}))
   total = _count(collections)
 
   rule = "=" * sum(width for _, width in _COLUMNS)
   lines = [f'Model: "{type(model).__name__}"', "_" * len(rule), _row(*(title for title, _ in _COLUMNS)), rule]
-  for name, kind, shapes in called:
-    layer_params = _count([tree.get(name, {}) for tree in collections.values()])
-    lines.append(_row(f"{name} ({kind})", _shape_text(shapes), f"{layer_params:,}"))
+  for call in traced.calls:
+    if len(call.path) == 1:  # the model's own layers, as Keras lists them
+      name = call.path[0]
+      layer_params = _count([tree.get(name, {}) for tree in collections.values()])
+      lines.append(_row(f"{name} ({call.kind})", _shape_text(call.shapes), f"{layer_params:,}"))
   lines += [rule, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
             f"Non-trainable params: {total - trainable:,}", "_" * len(rule)]
   for line in lines:

@@ -8,31 +8,13 @@ layer that does not fit.
 from typing import Dict, Iterable, Tuple
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax.models import layers
+from cnnjax.models import introspect, layers
 
 Key = Tuple[str, str, str]  # (collection, layer, param)
-
-
-def expected_shapes(model, image_shape: Tuple[int, int, int]) -> Dict[Key, tuple]:
-  """The shape of every variable of `model` for `image_shape` inputs, in the order the layers run (no compute)."""
-  order = []
-
-  def record_layer(call, args, kwargs, context):
-    if context.method_name == "__call__" and len(context.module.path) == 1 and context.module.name not in order:
-      order.append(context.module.name)
-    return call(*args, **kwargs)
-
-  with nn.intercept_methods(record_layer):  # pytrees sort dict keys: the run order is only seen while tracing
-    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract))
-  rank = {layer: index for index, layer in enumerate(order)}
-  keys = sorted(flat, key=lambda key: (rank.get(key[1], len(rank)), key[0] != "params"))
-  return {key: tuple(flat[key].shape) for key in keys}
 
 
 def fresh_variable(key: Key, shape: tuple, rng) -> jnp.ndarray:
@@ -54,7 +36,7 @@ def assemble(model, image_shape: Tuple[int, int, int], tensors: Dict[Key, np.nda
   Raises a one-line ValueError at the first layer whose tensor is missing or has another shape, or for a tensor
   the model has no place for.
   """
-  expected = expected_shapes(model, image_shape)
+  expected = introspect.variable_order(model, image_shape)
   fresh_layers = set(fresh_layers)
   fresh = []
   for key, shape in expected.items():

@@ -322,7 +322,7 @@ def _build(spec: LayerSpec, train: bool, dtype, axis_name) -> nn.Module:
   if spec.kind == "activation":
     return layers.Activation(spec.get("activation"), name=spec.name)
   # layers.batch_norm with the file's momentum and center/scale flags.
-  return nn.BatchNorm(use_running_average=layers.uses_moving_statistics(train, spec.name),
+  return nn.BatchNorm(use_running_average=not train,
                       momentum=spec.get("momentum"), epsilon=spec.get("epsilon"),
                       use_bias=spec.get("center"), use_scale=spec.get("scale"), axis_name=axis_name, dtype=dtype,
                       param_dtype=jnp.float32, name=spec.name)

@@ -27,6 +27,12 @@ DERIVED_FIELDS = ("class_names",)
 def default_config() -> ml_collections.ConfigDict:
   """Every config field with its default; configs/*.py start from this and override a few."""
   config = ml_collections.ConfigDict()
+  for add_fields in (_model_and_data_fields, _optimisation_fields, _run_fields):
+    add_fields(config)
+  return config
+
+
+def _model_and_data_fields(config: ml_collections.ConfigDict) -> None:
   # Model: a name from cnnjax.models.names(); options are passed to cnnjax.models.create (models.options(name)
   # lists those an architecture takes; None = its default). Declared with their types so that
   # `--config.model_options.dtype=bfloat16` works on the command line.
@@ -56,7 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.augment = ml_collections.ConfigDict(dict(
       horizontal_flip=True, rotation=0.0, width_shift=0.1, height_shift=0.1, shear=0.0, zoom=0.0))
 
-  # Optimisation.
+
+def _optimisation_fields(config: ml_collections.ConfigDict) -> None:
   config.batch_size = 32  # global, split over devices and hosts
   config.eval_batch_size = 256
   config.num_epochs = 10
@@ -73,6 +80,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.decay = config_dict.placeholder(float)  # inverse_time; None = learning_rate / num_epochs
   config.warmup_epochs = 0.0
 
+
+def _run_fields(config: ml_collections.ConfigDict) -> None:
+  """Early stopping, checkpoints, TensorBoard, transfer learning and the LR finder."""
   # Early stopping on a validation metric; patience 0 = off. The best weights are what restore() returns.
   config.early_stopping = ml_collections.ConfigDict(dict(monitor="val_loss", patience=0))
   config.keep_checkpoints = 2  # latest N checkpoints, besides the best
@@ -83,7 +93,7 @@ def default_config() -> ml_collections.ConfigDict:
   # writes Grad-CAM overlays of the first N validation images (predicted class) each epoch.
   config.tensorboard_explain_images = 0
 
-  # Transfer learning (cnnjax/train/transfer.py). pretrained: a weight file, 'keras:mobilenet|vgg16|resnet50'
+  # Transfer learning (cnnjax/train/weights.py, optim.py, bottleneck.py). pretrained: a weight file, 'keras:mobilenet|vgg16|resnet50'
   # (the official Keras notop file, cached in ~/.cache/cnnjax/weights) or a train.py workdir; layers whose
   # shapes match are copied by name, the rest (the new head) start fresh.
   config.pretrained = ""
@@ -101,7 +111,6 @@ def default_config() -> ml_collections.ConfigDict:
   config.lr_find_steps = 200  # one batch per learning rate, swept exponentially from min to max
   config.lr_find_min = 1e-7
   config.lr_find_max = 10.0
-  return config
 
 
 def _fail(message: str):
@@ -110,6 +119,12 @@ def _fail(message: str):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a one-line ValueError for the first problem found in `config`."""
+  for check in (_check_fields, _check_numbers, _check_choices, _check_run_settings):
+    check(config)
+
+
+def _check_fields(config: ml_collections.ConfigDict) -> None:
+  """Every field known, present and of its default's kind."""
   defaults = default_config()
   for key in config.keys():
     if key not in defaults and key not in DERIVED_FIELDS:
@@ -131,6 +146,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       if not _same_kind(default, value):
         _fail(f"config.{group}.{field} should be a {type(default).__name__}, got {value!r}")
 
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
   if config.model not in models.names():
     _fail(f"unknown model {config.model!r}; choose one of {', '.join(models.names())}")
   for key in ("batch_size", "eval_batch_size", "num_epochs", "num_classes", "image_size", "channels",
@@ -158,6 +175,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail(f"config.learning_rate must be positive, got {config.learning_rate}")
   if not 0 <= config.validation_split < 1:
     _fail(f"config.validation_split must be in [0, 1), got {config.validation_split}")
+
+def _check_choices(config: ml_collections.ConfigDict) -> None:
   if config.optimizer not in optim.OPTIMIZERS:
     _fail(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(optim.OPTIMIZERS)}")
   if config.schedule not in optim.SCHEDULES:
@@ -176,6 +195,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail(f"unknown early_stopping.monitor {monitor!r}; choose one of {EARLY_STOPPING_MONITORS}")
   if config.early_stopping.patience and not config.validation_split:
     _fail("early stopping monitors validation metrics: set config.validation_split > 0 or patience=0")
+
+def _check_run_settings(config: ml_collections.ConfigDict) -> None:
   if config.lr_find_steps < 2:
     _fail(f"config.lr_find_steps must be at least 2, got {config.lr_find_steps}")
   if not 0 < config.lr_find_min < config.lr_find_max:

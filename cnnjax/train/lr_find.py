@@ -7,7 +7,8 @@ the best so far, or the loss is not finite. The suggestion is the learning rate 
 falls fastest (steepest negative slope against log10(lr)), between the first few, noisy, steps and the
 minimum of the loss; feed it to one-cycle with `--config.schedule=onecycle --config.learning_rate=<suggestion>`.
 
-It is not a training run: it writes only `lr_find.json` and `lr_find.png` into the workdir, never a
+It runs on the training loop (`runner.run`) with the exponential schedule and a hook that records each loss and
+stops the sweep. It is not a training run: it writes only `lr_find.json` and `lr_find.png` into the workdir, never a
 checkpoint or config.json, and takes no workdir lock, so it can run beside (or before) a run on that workdir.
 """
 import functools
@@ -22,11 +23,13 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from cnnjax import data as data_lib
 from cnnjax.train import config as config_lib
+from cnnjax.train import experiment
 from cnnjax.train import loop
+from cnnjax.train import runner
 from cnnjax.train import sharding
 from cnnjax.train import step as step_lib
+from cnnjax.train import workdir as workdir_lib
 
 SMOOTHING = 0.98  # weight of the past in the moving average (fastai's beta)
 DIVERGENCE_FACTOR = 4.0
@@ -60,6 +63,67 @@ def _resolve(value, default, name: str):
   return value
 
 
+class RangeTest(runner.Hook):
+  """Records each step's learning rate and loss; stops at a non-finite loss or once the smoothed loss exceeds
+  DIVERGENCE_FACTOR times its best."""
+
+  def __init__(self, steps: int, show: bool):
+    self.lrs, self.losses, self.smoothed = [], [], []
+    self.best, self.average, self.stopped = math.inf, 0.0, None
+    self.bar = tqdm(total=steps, desc="lr_find", disable=not show, leave=False, dynamic_ncols=True)
+
+  def on_metrics(self, step: int, metrics: Dict) -> None:
+    if self.stopped:  # the step after the one that stopped the sweep, already launched: not part of it
+      return
+    loss = float(metrics["loss"])
+    self.bar.update(1)
+    if not math.isfinite(loss):
+      self.stopped = f"loss became {loss} at lr {float(metrics['learning_rate']):.3g}"
+      return
+    self.average = SMOOTHING * self.average + (1 - SMOOTHING) * loss
+    current = self.average / (1 - SMOOTHING ** (step + 1))
+    self.lrs.append(float(metrics["learning_rate"]))
+    self.losses.append(loss)
+    self.smoothed.append(current)
+    self.bar.set_postfix(lr=f"{self.lrs[-1]:.2e}", loss=f"{current:.4f}", refresh=False)
+    self.best = min(self.best, current)
+    if current > DIVERGENCE_FACTOR * self.best:
+      self.stopped = (f"diverged at lr {self.lrs[-1]:.3g} (smoothed loss {current:.4g} > {DIVERGENCE_FACTOR:g}x "
+                      f"best {self.best:.4g})")
+
+  def due(self, done: int) -> bool:
+    return True  # the stopping rule needs each loss before the next, larger, learning rate
+
+  def stop_reason(self) -> Optional[str]:
+    return self.stopped
+
+
+def _check_arguments(steps, min_lr, max_lr) -> int:
+  if int(steps) != steps or steps < 2:
+    raise ValueError(f"the LR finder needs at least 2 steps, got steps={steps}")
+  if not 0 < min_lr < max_lr:
+    raise ValueError(f"the LR finder sweeps from min_lr up to max_lr: need 0 < min_lr < max_lr, got "
+                     f"min_lr={min_lr}, max_lr={max_lr}")
+  return int(steps)
+
+
+def _sweep(config: ml_collections.ConfigDict, steps: int, schedule) -> RangeTest:
+  """Trains the config's model from scratch (no pretrained layers) for up to `steps` steps with `schedule`."""
+  model = experiment.create_model(config)
+  experiment.check_model_input(model, config)
+  splits = experiment.load_splits(config)
+  task = loop.image_task(config, model, splits, schedule)
+  mesh = sharding.data_mesh()
+  replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  state = jax.device_put(step_lib.create_train_state(model, task.tx, task.input_shape, config.seed), replicated)
+  train_step, _ = loop.jitted_steps(config, task, replicated, batch_sharding)
+  test = RangeTest(steps, show=jax.process_index() == 0)
+  runner.run(state, train_step, functools.partial(loop.train_batches, config, splits.train, batch_sharding),
+             steps_per_epoch=task.steps_per_epoch, num_steps=steps, hooks=[test])
+  test.bar.close()
+  return test
+
+
 def lr_find(config: ml_collections.ConfigDict, workdir: str, *, steps: Optional[int] = None,
             min_lr: Optional[float] = None, max_lr: Optional[float] = None) -> Dict:
   """Runs the range test for `config` and writes lr_find.json / lr_find.png into `workdir`.
@@ -71,72 +135,22 @@ def lr_find(config: ml_collections.ConfigDict, workdir: str, *, steps: Optional[
   steps = _resolve(steps, config.lr_find_steps, "steps")
   min_lr = _resolve(min_lr, config.lr_find_min, "min_lr")
   max_lr = _resolve(max_lr, config.lr_find_max, "max_lr")
-  if int(steps) != steps or steps < 2:
-    raise ValueError(f"the LR finder needs at least 2 steps, got steps={steps}")
-  if not 0 < min_lr < max_lr:
-    raise ValueError(f"the LR finder sweeps from min_lr up to max_lr: need 0 < min_lr < max_lr, got "
-                     f"min_lr={min_lr}, max_lr={max_lr}")
-  steps = int(steps)
-
-  model = loop.create_model(config)
-  loop.check_model_input(model, config)
-  splits = loop.load_splits(config)
-  batches_per_epoch = loop.train_steps_per_epoch(config, splits)
-
-  schedule = exponential_schedule(min_lr, max_lr, steps)
-  tx = loop.create_optimizer(config, model, schedule)
-  mesh = sharding.data_mesh()
-  replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  state = jax.device_put(step_lib.create_train_state(model, tx, loop.image_shape(config), config.seed),
-                         replicated)
-  train_step = jax.jit(
-      functools.partial(step_lib.train_step, model=model, num_classes=config.num_classes,
-                        preprocess=loop.preprocess_settings(config), augment=loop.augment_settings(config),
-                        label_smoothing=config.label_smoothing, learning_rate_fn=schedule),
-      in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated), donate_argnums=0)
-
-  is_writer = jax.process_index() == 0
-  lrs, losses, smoothed = [], [], []
-  best, average, stopped = math.inf, 0.0, "completed"
-  progress = tqdm(total=steps, desc="lr_find", disable=not is_writer, leave=False, dynamic_ncols=True)
-  for step in range(steps):
-    if step % batches_per_epoch == 0:
-      batches = data_lib.batches(splits.train, batch_size=config.batch_size, seed=config.seed,
-                                 epoch=step // batches_per_epoch, shuffle=True,
-                                 process_index=jax.process_index(), process_count=jax.process_count())
-    state, metrics = train_step(state, sharding.global_batch(next(batches), batch_sharding))
-    # One host sync per step: the stopping rule needs each loss before the next, larger, learning rate.
-    metrics = jax.device_get(metrics)
-    loss = float(metrics["loss"])
-    progress.update(1)
-    if not math.isfinite(loss):
-      stopped = f"loss became {loss} at lr {float(metrics['learning_rate']):.3g}"
-      break
-    average = SMOOTHING * average + (1 - SMOOTHING) * loss
-    current = average / (1 - SMOOTHING ** (step + 1))
-    lrs.append(float(metrics["learning_rate"]))
-    losses.append(loss)
-    smoothed.append(current)
-    progress.set_postfix(lr=f"{lrs[-1]:.2e}", loss=f"{current:.4f}", refresh=False)
-    best = min(best, current)
-    if current > DIVERGENCE_FACTOR * best:
-      stopped = f"diverged at lr {lrs[-1]:.3g} (smoothed loss {current:.4g} > {DIVERGENCE_FACTOR:g}x best {best:.4g})"
-      break
-  progress.close()
-  if not lrs:
+  steps = _check_arguments(steps, min_lr, max_lr)
+  test = _sweep(config, steps, exponential_schedule(min_lr, max_lr, steps))
+  stopped = test.stopped or "completed"
+  if not test.lrs:
     raise ValueError(f"the LR finder's first step already failed ({stopped}); lower --config.lr_find_min")
-
-  suggestion = suggest(lrs, smoothed)
-  result = {"lrs": lrs, "losses": losses, "smoothed_losses": smoothed, "suggestion": suggestion,
+  suggestion = suggest(test.lrs, test.smoothed)
+  result = {"lrs": test.lrs, "losses": test.losses, "smoothed_losses": test.smoothed, "suggestion": suggestion,
             "stopped": stopped, "steps": steps, "min_lr": min_lr, "max_lr": max_lr,
             "method": "steepest descent of the smoothed loss vs log10(lr), before its minimum"}
-  if is_writer:
+  if jax.process_index() == 0:
     from cnnjax import viz
-    from cnnjax.train import workdir as workdir_lib
     os.makedirs(workdir, exist_ok=True)
     workdir_lib.write_text(workdir, "lr_find.json", json.dumps(result, indent=2))
-    viz.lr_find_figure(lrs, smoothed, suggestion, os.path.join(workdir, "lr_find.png"), raw_losses=losses)
-    print(f"lr_find: {len(lrs)} steps from {lrs[0]:.3g} to {lrs[-1]:.3g} ({stopped}); suggested learning rate "
-          f"{suggestion:.3g}; plot in {os.path.join(workdir, 'lr_find.png')}\n"
+    viz.lr_find_figure(test.lrs, test.smoothed, suggestion, os.path.join(workdir, "lr_find.png"),
+                       raw_losses=test.losses)
+    print(f"lr_find: {len(test.lrs)} steps from {test.lrs[0]:.3g} to {test.lrs[-1]:.3g} ({stopped}); suggested "
+          f"learning rate {suggestion:.3g}; plot in {os.path.join(workdir, 'lr_find.png')}\n"
           f"  train with one-cycle: --config.schedule=onecycle --config.learning_rate={suggestion:.3g}")
   return result

@@ -1,11 +1,23 @@
-"""Learning-rate schedules and optax optimizers, named as the tutorials name them.
+"""Learning-rate schedules and optax optimizers, named as the tutorials name them, and frozen layers.
 
 Schedules are functions of the optimizer step; the epoch-based ones (Keras `LearningRateScheduler`) are
 converted with `steps_per_epoch`, which is known once the data is loaded.
+
+Freezing (`config.freeze`, a regex matched with `re.fullmatch` on layer names, and `config.freeze_first`, the first
+N layers in forward order as `cnnjax.models.introspect.layer_names` lists them; Keras's `model.layers[:N]` also
+counts the InputLayer, so it is cnnjax's N - 1) gives the frozen parameters zero updates (`optax.multi_transform`
++ `set_to_zero`); the train step also runs their BatchNorm layers on the fixed moving statistics, as Keras (2.1.3
+and later) runs a non-trainable BatchNormalization.
 """
+import re
+from typing import Sequence, Tuple
+
+import jax
 import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
+
+from cnnjax.models import introspect
 
 SCHEDULES = ("constant", "piecewise", "inverse_time", "warmup_cosine", "onecycle")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -73,3 +85,32 @@ def create_optimizer(config: ConfigDict, schedule: optax.Schedule) -> optax.Grad
     # Steps whose gradients hold NaN/inf leave the parameters and optimizer state untouched.
     chained = optax.apply_if_finite(chained, max_consecutive_errors=10**9)
   return chained
+
+
+def frozen_layers(model, image_shape: Sequence[int], config: ConfigDict) -> Tuple[str, ...]:
+  """Names of the layers `config.freeze` / `config.freeze_first` select, in forward order."""
+  if not config.get("freeze") and not config.get("freeze_first"):  # also configs saved before these fields
+    return ()
+  names = introspect.layer_names(model, image_shape)
+  if config.freeze_first > len(names):
+    raise ValueError(f"config.freeze_first={config.freeze_first} but {config.model} has {len(names)} layers")
+  frozen = set(names[:config.freeze_first])
+  if config.freeze:
+    matched = [name for name in names if re.fullmatch(config.freeze, name)]
+    if not matched:
+      raise ValueError(f"config.freeze={config.freeze!r} matches none of {config.model}'s layers "
+                       f"({', '.join(names[:4])}, ...); it must match whole layer names (re.fullmatch)")
+    frozen.update(matched)
+  return tuple(name for name in names if name in frozen)
+
+
+def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]) -> optax.GradientTransformation:
+  """`tx` for the parameters of layers not in `frozen`; zero updates (and no optimizer state) for the others."""
+  if not frozen:
+    return tx
+  frozen = frozenset(frozen)
+
+  def labels(params):
+    return {layer: jax.tree.map(lambda _, f=layer in frozen: "frozen" if f else "trained", layer_params)
+            for layer, layer_params in params.items()}
+  return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)

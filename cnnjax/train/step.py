@@ -16,7 +16,7 @@ import optax
 from jax import lax
 
 from cnnjax import data as data_lib
-from cnnjax.models import layers
+from cnnjax.models import introspect
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -43,12 +43,13 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image
                     rng=state_rng, tx=tx)
 
 
-def prepare_images(images, preprocess: dict, augment: Optional[dict] = None, key=None):
-  """uint8 batch -> float model input; augmentation (Keras ImageDataGenerator settings) before scaling."""
+def prepare_images(images, preprocess: Optional[dict], augment: Optional[dict] = None, key=None):
+  """uint8 batch -> float model input; augmentation (Keras ImageDataGenerator settings) before scaling.
+  preprocess None: the inputs are already the model's (a backbone's features)."""
   images = images.astype(jnp.float32)
   if augment:
     images = data_lib.augment(images, key, **augment)
-  return data_lib.preprocess(images, **preprocess)
+  return images if preprocess is None else data_lib.preprocess(images, **preprocess)
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
@@ -56,7 +57,7 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, preprocess: dict,
+def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, preprocess: Optional[dict],
                augment: Optional[dict] = None, label_smoothing: float = 0.0,
                learning_rate_fn: Optional[Callable] = None, axis_name: Optional[str] = None,
                frozen: Sequence[str] = ()):
@@ -73,7 +74,7 @@ def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, 
   images = prepare_images(batch["images"], preprocess, augment, augment_rng)
 
   def loss_fn(params):
-    with layers.frozen_batch_norm(frozen):
+    with introspect.frozen_batch_norm(frozen):
       logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
                                     mutable=["batch_stats"], rngs={"dropout": dropout_rng})
     loss = cross_entropy(logits, batch["labels"], num_classes, label_smoothing).mean()
@@ -93,7 +94,7 @@ def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, 
   return new_state, metrics
 
 
-def eval_step(variables, batch, *, model: nn.Module, num_classes: int, preprocess: dict):
+def eval_step(variables, batch, *, model: nn.Module, num_classes: int, preprocess: Optional[dict]):
   """Sums over the real (mask == 1) images of a batch: loss, correct count, count and confusion matrix."""
   images = prepare_images(batch["images"], preprocess)
   logits = model.apply(variables, images, train=False)

@@ -129,7 +129,8 @@ def write_history(workdir: str, history: List[Dict]) -> None:
       viz.training_curves(history, metric, os.path.join(workdir, f"{metric}.png"))
 
 
-def write_outputs(workdir: str, history: List[Dict], results: Dict, class_names: Sequence[str]) -> None:
+def write_outputs(workdir: str, results: Dict, class_names: Sequence[str]) -> None:
+  """eval.json and, for a classifier's report, confusion_matrix.png."""
   from cnnjax import viz
   write_text(workdir, "eval.json", json.dumps(results, indent=2))
   if "confusion_matrix" in results:

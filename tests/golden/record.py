@@ -3,7 +3,8 @@ redesign, so that tests/test_golden.py can check that behaviour did not change.
 
   python tests/golden/record.py   # rewrites tests/golden/golden.json and tests/golden/explainers.npz
 
-Run it only when a change of numbers is intended (and say so in the commit). It runs with the tests' four virtual
+Run it only when a change of numbers is intended (and say so in the commit). golden.json's "notes" say which
+entries were recorded later than the rest, and why. It runs with the tests' four virtual
 CPU devices and uses public entry points only (train_and_evaluate, lr_find, cnnjax.explain, cnnjax.pretrained),
 so the same functions measure the code before and after a refactor. Each run is small: a few hundred images
 from ../shared (limit_per_class), steps capped, so the whole record takes about two minutes on two cores.

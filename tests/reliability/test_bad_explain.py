@@ -20,7 +20,7 @@ import pytest
 import conftest
 import faults
 from cnnjax import explain, models
-from cnnjax.explain import report
+from cnnjax.apps import report
 from cnnjax.train import loop
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,6 +19,7 @@ import conftest
 import faults
 from cnnjax.train import checkpoint as checkpoint_lib
 from cnnjax.train import loop
+from cnnjax.train import weights
 from cnnjax.train import workdir as workdir_lib
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,8 +43,8 @@ def metrics(workdir):
 
 
 def assert_same_run(workdir, reference):
-  _, expected, _ = loop.restore(str(reference))
-  _, actual, _ = loop.restore(str(workdir))
+  _, expected, _ = weights.restore(str(reference))
+  _, actual, _ = weights.restore(str(workdir))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(b), np.asarray(a)), expected, actual)
   assert metrics(workdir) == metrics(reference)
   assert json.loads((Path(workdir) / "eval.json").read_text())["epoch"] == \
@@ -86,7 +87,7 @@ def test_disk_full_while_saving_is_one_line_and_the_rerun_ends_as_if_nothing_hap
   (steps, torn), (best_steps, best_torn) = complete_steps(workdir), complete_steps(workdir, "best")
   assert steps == best_steps == [saved_step], "only the epoch-1 checkpoint is complete"
   assert torn or best_torn, "the torn one is left beside it, and ignored"
-  loop.restore(str(workdir))  # the previous checkpoint is intact
+  weights.restore(str(workdir))  # the previous checkpoint is intact
   loop.train_and_evaluate(config_of(image_folder), str(workdir))
   assert_same_run(workdir, reference)
 
@@ -136,7 +137,7 @@ def test_workdir_made_read_only_by_chmod(image_folder, tmp_path):
     with pytest.raises(workdir_lib.WriteError) as error:
       loop.train_and_evaluate(config_of(image_folder), str(workdir))
     assert_one_line(error.value, "could not write", "permission denied")
-    loop.restore(str(workdir))  # reading a read-only run still works
+    weights.restore(str(workdir))  # reading a read-only run still works
   finally:
     for path in writable:
       path.chmod(0o755)
@@ -150,7 +151,7 @@ def test_a_read_only_workdir_is_refused_at_once_and_can_still_be_restored(image_
     assert_one_line(error.value, f"could not write the run's lock file to {reference}/.lock: the file system is "
                     "read-only")
     # explain.py and research scripts read results from read-only mounts.
-    model, variables, config = loop.restore(str(reference))
+    model, variables, config = weights.restore(str(reference))
     assert config.num_classes == 3 and "params" in variables
 
 
@@ -195,7 +196,7 @@ def test_weights_that_blew_up_are_never_saved_as_best(image_folder, tmp_path, no
     assert results["epoch"] == 0, "the evaluated weights are the last finite best"
   record = checkpoint_lib.read_record(str(workdir / "checkpoints" / "best"))
   assert record["history"][-1]["epoch"] == 0
-  _, variables, _ = loop.restore(str(workdir))
+  _, variables, _ = weights.restore(str(workdir))
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(variables))
 
 

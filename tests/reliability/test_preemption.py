@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from cnnjax.train import loop
+from cnnjax.train import weights
 from conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,8 +43,8 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(imag
 
   done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
-  _, expected, _ = loop.restore(str(tmp_path / "reference"))
-  _, actual, _ = loop.restore(str(workdir))
+  _, expected, _ = weights.restore(str(tmp_path / "reference"))
+  _, actual, _ = weights.restore(str(workdir))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(b), np.asarray(a)), expected, actual)
   without_seconds = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
                                   for line in path.read_text().splitlines()]

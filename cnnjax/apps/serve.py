@@ -31,7 +31,8 @@ from PIL import Image
 
 from cnnjax import data as data_lib
 from cnnjax import viz
-from cnnjax.explain import features, report
+from cnnjax.apps import report
+from cnnjax.explain import features
 from cnnjax.pretrained import preprocessing as pretrained_preprocessing
 
 METHODS = ("saliency", "guided", "gradcam", "guided_gradcam")

@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 
 from cnnjax import data as data_lib
-from cnnjax import explain, pretrained, viz
+from cnnjax import explain, pretrained, train, viz
 from cnnjax.data import sources
-from cnnjax.train import loop
+from cnnjax.train import experiment
 
 # Method name on the command line -> (explainer, its keyword arguments).
 GRADIENT_METHODS = {
@@ -53,8 +53,8 @@ class ModelSource:
 
 def load_workdir(workdir: str) -> ModelSource:
   """The best checkpoint of a train.py run, with the run's class names and preprocessing."""
-  model, variables, config = loop.restore(workdir)
-  return ModelSource(model, variables, tuple(config.class_names), loop.preprocess_settings(config),
+  model, variables, config = train.restore(workdir)
+  return ModelSource(model, variables, tuple(config.class_names), experiment.preprocess_settings(config),
                      config.image_size, config.channels)
 
 
@@ -79,6 +79,7 @@ def load_weights(path: str, image_size: Optional[int] = None) -> ModelSource:
 
 
 def parse_methods(text: str) -> List[str]:
+  """The --methods list, checked before any model loads so a typo costs no restore or compilation."""
   methods = [name.strip() for name in text.split(",") if name.strip()]
   unknown = [name for name in methods if name not in METHODS]
   if unknown or not methods:
@@ -158,6 +159,7 @@ def resolve_target(target: str, logits: np.ndarray, class_names: Sequence[str]) 
 
 
 def top_predictions(logits: np.ndarray, class_names: Sequence[str], k: int = 5) -> List[List[Tuple[str, float]]]:
+  """Each image's k most probable classes as (name, probability): what the model thinks it sees."""
   probabilities = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
   order = np.argsort(-probabilities, axis=-1)[:, :k]
   return [[(class_names[i], float(row[i])) for i in indices] for row, indices in zip(probabilities, order)]
@@ -176,68 +178,77 @@ def explanation_maps(model, variables, inputs, targets, methods: Sequence[str],
   return {name: np.asarray(value) for name, value in maps.items()}
 
 
-def run(model, variables, class_names: Sequence[str], preprocess: Dict, image_paths: Sequence[str],
-        image_size: int, channels: int, methods: Sequence[str], target: str, layer: Optional[str],
-        out_dir: str, print_fn=print) -> Dict:
+def run(source: ModelSource, image_paths: Sequence[str], *, methods: Sequence[str], target: str,
+        layer: Optional[str], out_dir: str, print_fn=print) -> Dict:
   """Explains every image for `target` with `methods`; writes figures into out_dir and returns a summary."""
   os.makedirs(out_dir, exist_ok=True)
-  images = load_images(image_paths, image_size, channels)
-  inputs = data_lib.preprocess(jnp.asarray(images, jnp.float32), **preprocess)
-  logits = np.asarray(model.apply(variables, inputs, train=False))
-  if logits.shape[-1] != len(class_names):
-    raise ValueError(f"the model has {logits.shape[-1]} outputs but {len(class_names)} class names were given")
-  targets = resolve_target(target, logits, class_names)
-  predictions = top_predictions(logits, class_names)
+  images = load_images(image_paths, source.image_size, source.channels)
+  inputs = data_lib.preprocess(jnp.asarray(images, jnp.float32), **source.preprocess)
+  logits = np.asarray(source.model.apply(source.variables, inputs, train=False))
+  if logits.shape[-1] != len(source.class_names):
+    raise ValueError(f"the model has {logits.shape[-1]} outputs but {len(source.class_names)} class names were "
+                     f"given")
+  targets = resolve_target(target, logits, source.class_names)
+  predictions = top_predictions(logits, source.class_names)
+  target_names = [source.class_names[index] for index in targets]
   summary = {"images": {}, "files": []}
-  for path, top in zip(image_paths, predictions):
+  for path, top, target_name in zip(image_paths, predictions, target_names):
     print_fn(f"{path}: " + ", ".join(f"{name} {probability:.3f}" for name, probability in top))
-    summary["images"][path] = {"top5": top}
+    summary["images"][path] = {"top5": top, "target": target_name}
 
-  maps = explanation_maps(model, variables, inputs, jnp.asarray(targets), methods, layer)
-  for index, path in enumerate(image_paths):
-    stem = os.path.splitext(os.path.basename(path))[0]
-    summary["images"][path]["target"] = class_names[targets[index]]
-    if maps:
-      title = f"predicted: {predictions[index][0][0]} ({predictions[index][0][1]:.2f}) | " \
-              f"target: {class_names[targets[index]]}"
-      figure_path = os.path.join(out_dir, f"{stem}_explanations.png")
-      viz.explanation_figure(images[index], {name: value[index] for name, value in maps.items()}, title,
-                             path=figure_path)
-      summary["files"].append(figure_path)
-
+  maps = explanation_maps(source.model, source.variables, inputs, jnp.asarray(targets), methods, layer)
+  if maps:
+    titles = [f"predicted: {top[0][0]} ({top[0][1]:.2f}) | target: {target_name}"
+              for top, target_name in zip(predictions, target_names)]
+    summary["files"] += _write_figures(images, image_paths, maps, titles, out_dir)
   if "activations" in methods:
-    summary["files"] += _write_activations(model, variables, inputs, image_paths, layer, out_dir)
+    summary["files"] += _write_activations(source, inputs, image_paths, layer, out_dir)
   if "maximize" in methods:
-    summary["files"] += _write_maximized(model, variables, targets, class_names, inputs.shape[1:], out_dir)
+    summary["files"] += _write_maximized(source, targets, inputs.shape[1:], out_dir)
   if "deletion" in methods:
-    summary["deletion"] = _deletion_scores(model, variables, inputs, targets, maps, image_paths, out_dir)
+    summary["deletion"] = _deletion_scores(source, inputs, targets, maps, image_paths, out_dir)
     summary["files"].append(os.path.join(out_dir, "deletion.json"))
   for file in summary["files"]:
     print_fn(f"wrote {file}")
   return summary
 
 
-def _write_activations(model, variables, inputs, image_paths, layer, out_dir) -> List[str]:
+def _stem(path: str) -> str:
+  """An image's file name without its suffix: the prefix of every file written for it."""
+  return os.path.splitext(os.path.basename(path))[0]
+
+
+def _write_figures(images, image_paths, maps, titles, out_dir) -> List[str]:
+  """One figure per image: the input and every map side by side, so the methods can be compared at a glance."""
+  files = []
+  for index, (path, title) in enumerate(zip(image_paths, titles)):
+    file = os.path.join(out_dir, f"{_stem(path)}_explanations.png")
+    viz.explanation_figure(images[index], {name: value[index] for name, value in maps.items()}, title, path=file)
+    files.append(file)
+  return files
+
+
+def _write_activations(source: ModelSource, inputs, image_paths, layer, out_dir) -> List[str]:
   if layer is None:
     raise ValueError("--methods activations needs --layer NAME (see cnnjax.explain.layer_names)")
-  values = np.asarray(explain.activations(model, variables, inputs, [layer])[layer])
+  values = np.asarray(explain.activations(source.model, source.variables, inputs, [layer])[layer])
   if values.ndim != 4:
     raise ValueError(f"layer {layer!r} has output shape {values.shape[1:]}, not a feature map; pick a conv layer")
   files = []
   for index, path in enumerate(image_paths):
-    stem = os.path.splitext(os.path.basename(path))[0]
-    file = os.path.join(out_dir, f"{stem}_{layer}_activations.png")
+    file = os.path.join(out_dir, f"{_stem(path)}_{layer}_activations.png")
     viz.activation_grid(values[index], path=file, title=f"{layer} on {os.path.basename(path)}")
     files.append(file)
   return files
 
 
-def _write_maximized(model, variables, targets, class_names, input_shape, out_dir) -> List[str]:
+def _write_maximized(source: ModelSource, targets, input_shape, out_dir) -> List[str]:
   classes = sorted(set(int(t) for t in targets))
-  generated = np.asarray(explain.maximize_activation(model, variables, classes, input_shape=input_shape))
+  generated = np.asarray(explain.maximize_activation(source.model, source.variables, classes,
+                                                     input_shape=input_shape))
   files = []
   for image, index in zip(generated, classes):
-    name = class_names[index].split(",")[0].strip().replace(" ", "_").replace("/", "_")
+    name = source.class_names[index].split(",")[0].strip().replace(" ", "_").replace("/", "_")
     file = os.path.join(out_dir, f"maximize_{index}_{name}.png")
     # Generated inputs live in the model's (preprocessed) input space: stretch each to the full 0..255 range.
     scaled = (image - image.min()) / max(float(image.max() - image.min()), 1e-12)
@@ -246,12 +257,12 @@ def _write_maximized(model, variables, targets, class_names, input_shape, out_di
   return files
 
 
-def _deletion_scores(model, variables, inputs, targets, maps, image_paths, out_dir) -> Dict:
+def _deletion_scores(source: ModelSource, inputs, targets, maps, image_paths, out_dir) -> Dict:
   if not maps:
     raise ValueError("--methods deletion scores other maps: add e.g. saliency,gradcam to --methods")
   scores = {}
   for name, value in maps.items():
-    result = explain.deletion_insertion(model, variables, inputs, jnp.asarray(targets), value)
+    result = explain.deletion_insertion(source.model, source.variables, inputs, jnp.asarray(targets), value)
     scores[name] = {path: {"deletion_auc": float(d), "insertion_auc": float(i)}
                     for path, d, i in zip(image_paths, np.asarray(result["deletion"]),
                                           np.asarray(result["insertion"]))}
