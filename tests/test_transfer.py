@@ -200,6 +200,34 @@ def test_bottleneck_head_trains(image_folder, pretrained_run, tmp_path):
   assert results["accuracy"] > 0.5 and (tmp_path / "head.npz").is_file()
 
 
+def test_bottleneck_head_resumes_exactly_after_a_crash(image_folder, pretrained_run, tmp_path, monkeypatch):
+  """The head trains on the same loop as any model: checkpointed every step, a crash mid-epoch and a rerun end
+  with the head and the per-epoch metrics of an uninterrupted run."""
+  config = tiny_config(image_folder, pretrained=pretrained_run, num_epochs=3, checkpoint_every_steps=1)
+  config.bottleneck.update(layer="flatten", hidden=(16,), dropout=(0.5,))
+  loop.train_and_evaluate(config, str(tmp_path / "reference"))
+  real_batches = data_lib.batches
+
+  def crashing_batches(*args, epoch, shuffle, start_batch=0, **kwargs):
+    for index, batch in enumerate(real_batches(*args, epoch=epoch, shuffle=shuffle, start_batch=start_batch,
+                                               **kwargs), start=start_batch):
+      if shuffle and epoch == 1 and index == 1:
+        raise KeyboardInterrupt("simulated preemption")
+      yield batch
+  monkeypatch.setattr(data_lib, "batches", crashing_batches)
+  with pytest.raises(KeyboardInterrupt):
+    loop.train_and_evaluate(config, str(tmp_path / "crashed"))
+  monkeypatch.setattr(data_lib, "batches", real_batches)
+  loop.train_and_evaluate(config, str(tmp_path / "crashed"))
+  heads = [dict(np.load(tmp_path / run / "head.npz")) for run in ("reference", "crashed")]
+  assert heads[0].keys() == heads[1].keys()
+  for key in heads[0]:
+    np.testing.assert_array_equal(heads[0][key], heads[1][key])
+  metrics = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
+              for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("reference", "crashed")]
+  assert metrics[0] == metrics[1] and len(metrics[0]) == 3
+
+
 def test_two_phases_second_starts_from_first(image_folder, pretrained_run, tmp_path):
   config = tiny_config(image_folder, pretrained=pretrained_run, num_classes=2)
   config.phases = (dict(freeze="(?!predictions).*", optimizer="rmsprop"),
