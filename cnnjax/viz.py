@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 PathLike = Union[str, Path]
@@ -30,20 +31,21 @@ def _finish(figure, path: Optional[PathLike]):
 
 def training_curves(history: Sequence[Mapping[str, float]], metric: str = "loss",
                     path: Optional[PathLike] = None):
-  """`metric` ('loss' or 'accuracy') per epoch, train vs validation, from per-epoch dicts.
+  """`metric` ('loss' or 'accuracy') per epoch, train vs validation, from per-epoch dicts (metrics.jsonl lines).
 
   Each dict may hold `epoch`, `train_<metric>` and `val_<metric>`; missing values (e.g. no validation on
-  some epochs) are skipped, so a partial history still plots.
+  some epochs) are skipped, so a partial history still plots. `epoch` counts from 0, as metrics.jsonl records
+  it; the axis counts from 1 in whole epochs, as the printed "epoch 1/N" lines do.
   """
   if metric not in CURVE_METRICS:
     raise ValueError(f"unknown metric {metric!r}; choose one of {CURVE_METRICS}")
   if not history:
-    raise ValueError("history is empty; pass a list of per-epoch dicts such as {'epoch': 1, 'train_loss': 0.5}")
+    raise ValueError("history is empty; pass a list of per-epoch dicts such as {'epoch': 0, 'train_loss': 0.5}")
   figure, axes = plt.subplots(figsize=(6, 4))
   plotted = False
   for split in ("train", "val"):
     key = f"{split}_{metric}"
-    points = [(entry.get("epoch", index + 1), entry[key]) for index, entry in enumerate(history)
+    points = [(entry.get("epoch", index) + 1, entry[key]) for index, entry in enumerate(history)
               if entry.get(key) is not None]
     if points:
       epochs, values = zip(*points)
@@ -53,6 +55,8 @@ def training_curves(history: Sequence[Mapping[str, float]], metric: str = "loss"
     plt.close(figure)
     raise ValueError(f"history has no 'train_{metric}' or 'val_{metric}' values; keys seen: "
                      f"{sorted(set().union(*(entry.keys() for entry in history)))}")
+  # Whole epochs only, and a tick even when one epoch is plotted (the default wants two in view).
+  axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1, steps=[1, 2, 5, 10]))
   axes.set_xlabel("epoch")
   axes.set_ylabel(metric)
   axes.set_title(f"{metric} per epoch")

@@ -1,7 +1,8 @@
-"""The Packt "smile detector" chapter on real faces: smile_cnn (three conv + BN blocks, Dense128) on tfds celeb_a,
-faces centre-cropped to 148x148 and resized to 64x64, labelled by the `Smiling` attribute (0 not smiling,
-1 smiling). Adam 1e-3, batch 64, up to 10 epochs, early stopping on val_loss; celeb_a's own train/validation/test
-splits, so eval.json reports the test split (precision, recall and F1 of 'smiling', and the confusion matrix).
+"""The Packt "smile detector" chapter on real faces: smile_cnn (the chapter's two 5x5 conv + BN blocks, Dense128,
+two logits for its sigmoid unit) on tfds celeb_a, faces centre-cropped to 148x148 and resized to 64x64, labelled
+by the `Smiling` attribute (0 not smiling, 1 smiling). Adam 1e-3, batch 64, up to 10 epochs, early stopping on
+val_loss; celeb_a's own train/validation/test splits, so eval.json reports the test split (precision, recall and
+F1 of 'smiling', and the confusion matrix).
 
   python train.py --config configs/smile_cnn.py --workdir runs/smile_cnn
   # a quicker run on the first 10,000 faces of each class per split:

@@ -2,6 +2,7 @@
 import importlib
 import io
 import os
+import threading
 import time
 import zipfile
 
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from cnnjax import data
+from cnnjax.data import sources
 
 # The package exports the function `augment`, which shadows its module of the same name.
 augment_lib = importlib.import_module("cnnjax.data.augment")
@@ -93,6 +95,26 @@ def test_zip_and_directory_give_the_same_arrays(image_dir, image_zip):
   from_dir, from_zip = _load(image_dir), _load(image_zip)
   np.testing.assert_array_equal(from_dir.train.images, from_zip.train.images)
   np.testing.assert_array_equal(from_dir.train.labels, from_zip.train.labels)
+
+
+@pytest.mark.parametrize("source", ["image_dir", "image_zip"])
+def test_threaded_decoding_matches_serial_and_never_forks(source, request, monkeypatch):
+  """Big sources decode in threads: bit-identical to one thread, broken files still skipped and counted, and no
+  process is forked (forking after JAX has started its threads can deadlock)."""
+  path = request.getfixturevalue(source)
+  serial = _load(path)
+  threads = []
+  real_decode_range = sources._decode_range
+  monkeypatch.setattr(sources, "_decode_range",
+                      lambda *args: threads.append(threading.current_thread().name) or real_decode_range(*args))
+  monkeypatch.setattr(sources, "_MIN_FILES_FOR_THREADS", 0)
+  monkeypatch.setattr(os, "cpu_count", lambda: 4)
+  monkeypatch.setattr(os, "fork", lambda: pytest.fail("decoding forked a process"))
+  threaded = _load(path)
+  assert len(threads) > 1 and all(name.startswith("cnnjax-decode") for name in threads), threads
+  np.testing.assert_array_equal(threaded.train.images, serial.train.images)
+  np.testing.assert_array_equal(threaded.train.labels, serial.train.labels)
+  assert threaded.skipped == serial.skipped == 2
 
 
 def test_single_channel_and_limit_per_class(image_zip):

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from cnnjax.apps import report
 from cnnjax.train import weights
@@ -48,6 +49,56 @@ def test_explain_py_writes_figures_activations_and_deletion_scores(trained_run, 
              target="green", layer="conv2d_1", out_dir=str(out), print_fn=lambda line: None)
   assert (out / "0_conv2d_1_activations.png").is_file()
   assert (out / "maximize_1_green.png").is_file()
+
+
+def test_explain_py_takes_spaces_commas_folders_and_globs_and_never_overwrites_a_figure(trained_run, image_folder,
+                                                                                       tmp_path):
+  photos = tmp_path / "photos"
+  for name, source in (("a/cat.png", "red/0.png"), ("b/cat.png", "blue/1.png"), ("cat.jpg", "green/2.png")):
+    (photos / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.open(image_folder / source).convert("RGB").save(photos / name)
+  (photos / "a" / "notes.txt").write_text("not an image")  # a folder gives only its images
+  out = tmp_path / "out"
+  done = explain("--workdir", str(trained_run), "--images", f"{photos / 'a'},{photos / 'b' / 'cat.png'}",
+                 f"{photos}/*.jpg", "--methods", "saliency", "--out", str(out))
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert sorted(path.name for path in out.iterdir()) == [
+      "a_cat_explanations.png", "b_cat_explanations.png", "cat_jpg_explanations.png"]
+
+
+def test_explain_py_refuses_a_word_that_is_no_image_in_one_line(trained_run, image_folder):
+  done = explain("--workdir", str(trained_run), "--images", str(image_folder / "red" / "0.png"),
+                 "--target", "tiger", "cat")  # an unquoted value with a space
+  assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith(
+      "error: unexpected argument 'cat': not an image file, folder or glob"), done.stderr[-2000:]
+
+
+def test_image_paths_expand_folders_and_globs_and_name_every_missing_input(tmp_path):
+  for name in ("b.jpg", "a.PNG", ".hidden.jpg", "notes.txt", "sub/c.jpg"):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(b"")
+  (tmp_path / "empty").mkdir()
+  folder = [str(tmp_path / "a.PNG"), str(tmp_path / "b.jpg")]  # sorted, not recursive, images only
+  assert report.image_paths([str(tmp_path)]) == folder
+  assert report.image_paths([str(tmp_path / "*.jpg"), str(tmp_path / "b.jpg"), str(tmp_path)]) == folder[::-1]
+  for items, message in (([str(tmp_path / "nope.jpg")], "does not exist"),
+                         ([str(tmp_path / "empty")], "holds no image files"),
+                         ([str(tmp_path / "*.gif")], "matches no image files")):
+    with pytest.raises(ValueError, match=message) as error:
+      report.image_paths(items)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("paths, stems", [
+    (["x/cat.jpg", "y/dog.jpg"], ["cat", "dog"]),  # unique names stay short
+    (["cat.jpg", "cat.png"], ["cat_jpg", "cat_png"]),
+    (["a/cat.jpg", "b/cat.jpg", "c/cat.png"], ["a_cat", "b_cat", "cat_png"]),
+    (["a/cat.jpg", "b/Cat.png"], ["cat_jpg", "Cat_png"]),  # case-insensitive file systems
+    (["p/a/cat.jpg", "q/a/cat.jpg"], ["p_a_cat", "q_a_cat"]),
+    (["x.jpg", "./x.jpg"], ["x", "x_2"]),  # the same file twice
+])
+def test_output_stems_are_unique_and_deterministic(paths, stems):
+  assert report.output_stems(paths) == stems
 
 
 @pytest.mark.parametrize("methods, target, layer, message", [

@@ -14,7 +14,8 @@ from cnnjax import models
 from cnnjax.models import layers, resnet
 
 # Smallest convenient input per model (the default is 32x32).
-INPUT_SIZE = {"smile_cnn": 64, "catdog_cnn": 22, "lenet5": 32, "alexnet": 67, "mobilenet": 32}
+INPUT_SIZE = {"smile_cnn": 64, "catdog_cnn": 22, "catdog_cnn_chollet": 22, "lenet5": 32, "alexnet": 67,
+              "mobilenet": 32}
 KEYS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 
 
@@ -218,6 +219,10 @@ def test_head_and_batch_norm_options_change_the_structure():
   assert "dropout" in layer_outputs(models.create("vgg11", num_classes=10, dropout=0.5), 32)
   without_bn = abstract_variables(models.create("smile_cnn", num_classes=1, batch_norm=False), abstract_images(64))
   assert "batch_stats" not in without_bn
+  # dropout=None (the default) is each architecture's own head: smile_cnn's chapter has none after its Dense 128.
+  smile = layer_outputs(models.create("smile_cnn", num_classes=2), 64)
+  assert "dropout_1" in smile and "dropout_2" not in smile
+  assert "dropout_2" in layer_outputs(models.create("smile_cnn", num_classes=2, dropout=0.5), 64)
 
 
 def test_pooling_and_activation_options_change_the_outputs():
@@ -247,8 +252,9 @@ def test_bad_names_and_options_raise_one_line_errors(call, match):
   assert_one_line_value_error(match, call)
 
 
-@pytest.mark.parametrize("name, smallest", [("alexnet", 67), ("vgg16", 32), ("lenet5", 16), ("catdog_cnn", 22),
-                                            ("mobilenet", 31), ("simple_cnn", 10)])
+@pytest.mark.parametrize("name, smallest", [("alexnet", 67), ("vgg16", 32), ("lenet5", 16), ("catdog_cnn", 8),
+                                            ("catdog_cnn_chollet", 22), ("smile_cnn", 4), ("mobilenet", 31),
+                                            ("simple_cnn", 10)])
 def test_too_small_inputs_raise_a_one_line_error_at_the_exact_limit(name, smallest):
   model = models.create(name, num_classes=3)
   abstract_variables(model, abstract_images(smallest))  # works at the limit

@@ -6,10 +6,11 @@ from PIL import Image
 
 from cnnjax import viz
 
+# As metrics.jsonl records them: epochs count from 0 (train.py prints the first as "epoch 1/N").
 HISTORY = [
-    {"epoch": 1, "train_loss": 2.0, "val_loss": 2.2, "train_accuracy": 0.3, "val_accuracy": 0.25},
-    {"epoch": 2, "train_loss": 1.5, "val_loss": 1.9, "train_accuracy": 0.5, "val_accuracy": 0.4},
-    {"epoch": 3, "train_loss": 1.1, "train_accuracy": 0.6},  # no validation this epoch
+    {"epoch": 0, "train_loss": 2.0, "val_loss": 2.2, "train_accuracy": 0.3, "val_accuracy": 0.25},
+    {"epoch": 1, "train_loss": 1.5, "val_loss": 1.9, "train_accuracy": 0.5, "val_accuracy": 0.4},
+    {"epoch": 2, "train_loss": 1.1, "train_accuracy": 0.6},  # no validation this epoch
 ]
 
 
@@ -29,6 +30,21 @@ def test_training_curves_plot_train_and_validation_per_epoch(tmp_path, metric):
   np.testing.assert_array_equal(lines["validation"].get_xdata(), [1, 2])
   assert _is_png(path)
   assert not plt.get_fignums()  # closed: a long run does not pile up figures
+
+
+def _visible_ticks(axes):
+  low, high = axes.get_xlim()
+  return [tick for tick in axes.get_xticks() if low <= tick <= high]
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7, 30])
+def test_training_curves_count_whole_epochs_from_1_as_printed(epochs):
+  history = [{"epoch": epoch, "train_loss": 1 / (epoch + 1)} for epoch in range(epochs)]
+  axes = viz.training_curves(history, "loss").axes[0]
+  assert axes.get_lines()[0].get_xdata()[0] == 1  # metrics.jsonl's epoch 0 is the printed "epoch 1/N"
+  ticks = _visible_ticks(axes)
+  assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+  assert 1 in ticks or epochs > 10  # long runs tick every 5 or 10 epochs
 
 
 def test_training_curves_reject_bad_input():

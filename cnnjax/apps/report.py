@@ -2,8 +2,10 @@
 write PNGs."""
 import dataclasses
 import functools
+import glob
 import json
 import os
+import pathlib
 from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 
 import flax
@@ -126,10 +128,43 @@ def decode_image(file: Union[str, BinaryIO], image_size: int, channels: int, nam
     raise ValueError(f"cannot decode {name} as an image ({error})") from None
 
 
+def image_paths(items: Sequence[str]) -> List[str]:
+  """The image files that --images items name, each once, in the order given.
+
+  A file is taken as given; a folder gives the image files directly inside it, sorted; a glob ('photos/*.jpg',
+  quoted so that the program rather than the shell expands it) gives its matching image files, sorted.
+  """
+  paths = {}  # absolute path -> the path as given, so ./a.jpg and a.jpg are one image
+  for item in items:
+    for path in _expand_image_item(os.path.expanduser(item)):
+      paths.setdefault(os.path.abspath(path), path)
+  return list(paths.values())
+
+
+def _expand_image_item(item: str) -> List[str]:
+  if os.path.isfile(item):
+    return [item]
+  if os.path.isdir(item):
+    found, what = _image_files(glob.glob(os.path.join(glob.escape(item), "*"))), f"folder {item!r} holds"
+  elif glob.has_magic(item):
+    found, what = _image_files(glob.glob(item)), f"{item!r} matches"
+  else:
+    raise ValueError(f"image {item!r} does not exist")
+  if not found:
+    raise ValueError(f"{what} no image files ({', '.join(sources.IMAGE_EXTENSIONS)})")
+  return found
+
+
+def _image_files(paths: Sequence[str]) -> List[str]:
+  """The image files among a folder's or a glob's matches, sorted (glob already leaves out hidden files, such as
+  macOS's ._x.jpg)."""
+  return sorted(path for path in paths if path.lower().endswith(sources.IMAGE_EXTENSIONS) and os.path.isfile(path))
+
+
 def load_images(paths: Sequence[str], image_size: int, channels: int) -> np.ndarray:
   """uint8 (N, S, S, C) from image files, resized as the training data was."""
   if not paths:
-    raise ValueError("no images given; pass --images a.jpg b.png ...")
+    raise ValueError("no images given; pass --images a.jpg b.png, a folder or a quoted glob ('photos/*.jpg')")
   arrays = []
   for path in paths:
     if not os.path.isfile(path):
@@ -213,16 +248,60 @@ def run(source: ModelSource, image_paths: Sequence[str], *, methods: Sequence[st
   return summary
 
 
-def _stem(path: str) -> str:
-  """An image's file name without its suffix: the prefix of every file written for it."""
-  return os.path.splitext(os.path.basename(path))[0]
+def output_stems(paths: Sequence[str]) -> List[str]:
+  """The prefix of every file written for each image, one per path and all different, so no figure overwrites
+  another: the file name without its suffix, lengthened only where inputs would share it (a/cat.jpg, b/cat.jpg ->
+  a_cat, b_cat; cat.jpg, cat.png -> cat_jpg, cat_png); the same file given twice is numbered (x, x_2). Names are
+  compared ignoring case, as macOS's and Windows' file systems do."""
+  levels = [0] * len(paths)
+  while True:
+    names = [_output_stem(path, level) for path, level in zip(paths, levels)]
+    growable = [i for group in _clashes(names) if len({_file_key(paths[i]) for i in group}) > 1
+                for i in group if levels[i] < _max_level(paths[i])]
+    if not growable:
+      return _numbered(names)
+    for i in growable:
+      levels[i] += 1
+
+
+def _file_key(path: str) -> str:
+  return os.path.abspath(path).casefold()
+
+
+def _output_stem(path: str, level: int) -> str:
+  """Level 0: the stem; odd levels add the extension; every second level one more parent folder."""
+  *folders, name = pathlib.Path(os.path.abspath(path)).parts[1:]
+  stem, suffix = os.path.splitext(name)
+  parents = folders[len(folders) - level // 2:] if level // 2 else []
+  return "_".join([*parents, stem] + ([suffix[1:]] if level % 2 and suffix else []))
+
+
+def _max_level(path: str) -> int:
+  return 2 * (len(pathlib.Path(os.path.abspath(path)).parts) - 2) + 1
+
+
+def _clashes(names: Sequence[str]) -> List[List[int]]:
+  """Groups of the indices of names that are equal, ignoring case."""
+  groups = {}
+  for i, name in enumerate(names):
+    groups.setdefault(name.casefold(), []).append(i)
+  return [group for group in groups.values() if len(group) > 1]
+
+
+def _numbered(names: Sequence[str]) -> List[str]:
+  seen = {}
+  numbered = []
+  for name in names:
+    count = seen[name.casefold()] = seen.get(name.casefold(), 0) + 1
+    numbered.append(name if count == 1 else f"{name}_{count}")
+  return numbered
 
 
 def _write_figures(images, image_paths, maps, titles, out_dir) -> List[str]:
   """One figure per image: the input and every map side by side, so the methods can be compared at a glance."""
   files = []
-  for index, (path, title) in enumerate(zip(image_paths, titles)):
-    file = os.path.join(out_dir, f"{_stem(path)}_explanations.png")
+  for index, (path, title, stem) in enumerate(zip(image_paths, titles, output_stems(image_paths))):
+    file = os.path.join(out_dir, f"{stem}_explanations.png")
     viz.explanation_figure(images[index], {name: value[index] for name, value in maps.items()}, title, path=file)
     files.append(file)
   return files
@@ -235,8 +314,8 @@ def _write_activations(source: ModelSource, inputs, image_paths, layer, out_dir)
   if values.ndim != 4:
     raise ValueError(f"layer {layer!r} has output shape {values.shape[1:]}, not a feature map; pick a conv layer")
   files = []
-  for index, path in enumerate(image_paths):
-    file = os.path.join(out_dir, f"{_stem(path)}_{layer}_activations.png")
+  for index, (path, stem) in enumerate(zip(image_paths, output_stems(image_paths))):
+    file = os.path.join(out_dir, f"{stem}_{layer}_activations.png")
     viz.activation_grid(values[index], path=file, title=f"{layer} on {os.path.basename(path)}")
     files.append(file)
   return files

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import io
 import logging
-import multiprocessing
 import os
 import pathlib
 import posixpath
@@ -40,8 +39,8 @@ CELEB_A_SPLITS = ("train", "validation", "test")
 # celeb_a's aligned faces are 218x178 (H x W) with the eyes at a fixed height; the centred 148x148 square keeps
 # the face from the eyebrows to the chin, mouth included (the crop of the common CelebA-64 setups).
 CELEB_A_FACE_CROP = 148
-# Below this many files a process pool costs more to start than it saves.
-_MIN_FILES_FOR_POOL = 4096
+# Below this many files the decode takes well under a second and threads would save little.
+_MIN_FILES_FOR_THREADS = 256
 # Files (or zip entries, by their declared size) larger than this are skipped unread: no image of a training set
 # is that big, and a zip bomb would otherwise be inflated into memory. Images of more than
 # PIL.Image.MAX_IMAGE_PIXELS pixels (decompression bombs) are skipped before decoding.
@@ -83,13 +82,13 @@ def _decode_bytes(data: Optional[bytes], image_size: int, channels: int) -> Opti
   if data is None:  # unreadable, see _read_all
     return None
   try:
-    with warnings.catch_warnings():
+    with Image.open(io.BytesIO(data)) as image:
       # Pillow only warns between MAX_IMAGE_PIXELS and twice that, then decodes: skip those before decoding too.
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return to_array(image, image_size, channels)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+      if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+        return None
+      image.load()
+      return to_array(image, image_size, channels)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
     return None  # PIL's errors for truncated, empty, unrecognised or oversized files
 
 
@@ -120,33 +119,40 @@ def _read_all(root: str, names: Sequence[str]) -> List[Optional[bytes]]:
     return [_read_entry(archive, name) for name in names]
 
 
-def _decode_chunk(encoded: Sequence[bytes], image_size: int, channels: int):
-  """(uint8 images, decoded mask); a worker-process task, so it returns arrays rather than a list."""
-  images = np.zeros((len(encoded), image_size, image_size, channels), np.uint8)
-  decoded = np.zeros(len(encoded), bool)
-  for i, data in enumerate(encoded):
-    array = _decode_bytes(data, image_size, channels)
+def _decode_range(encoded: Sequence[Optional[bytes]], start: int, stop: int, images: np.ndarray,
+                  decoded: np.ndarray, image_size: int, channels: int) -> None:
+  """Decodes encoded[start:stop] into the shared output arrays: no per-image copy of a big source is held."""
+  for i in range(start, stop):
+    array = _decode_bytes(encoded[i], image_size, channels)
     if array is not None:
       images[i], decoded[i] = array, True
-  return images, decoded
 
 
 def _decode_all(root: str, names: Sequence[str], image_size: int, channels: int):
-  """All `names` decoded, in order, with a process pool for big sources (decoding holds the GIL)."""
+  """(uint8 images, decoded mask) of all `names`, in order, in threads for big sources.
+
+  Threads, not processes: Pillow releases the GIL while it decodes, converts and resizes, and forking a process
+  that has started JAX's threads can deadlock (Python warns about it), while spawned workers would re-run the
+  caller's __main__, breaking scripts and notebooks without an `if __name__ == '__main__'` guard.
+  """
   encoded = _read_all(root, names)
+  images = np.zeros((len(names), image_size, image_size, channels), np.uint8)
+  decoded = np.zeros(len(names), bool)
   workers = min(os.cpu_count() or 1, 8)
-  if (len(names) < _MIN_FILES_FOR_POOL or workers == 1
-      or "fork" not in multiprocessing.get_all_start_methods()):
-    return _decode_chunk(encoded, image_size, channels)
-  chunk = -(-len(names) // (4 * workers))
-  chunks = [encoded[i:i + chunk] for i in range(0, len(names), chunk)]
-  # 'fork', not 'spawn': spawn re-runs the caller's __main__ in every worker, which breaks any script or
-  # notebook without an `if __name__ == '__main__'` guard. The workers only run Pillow/numpy, never JAX, so
-  # the threads JAX may have started in the parent do not matter to them (as in PyTorch's data loaders).
-  context = multiprocessing.get_context("fork")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    parts = list(pool.map(_decode_chunk, chunks, [image_size] * len(chunks), [channels] * len(chunks)))
-  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+  with warnings.catch_warnings():
+    # _decode_bytes skips what Pillow would warn about. catch_warnings changes process-wide state and is not
+    # thread-safe, so it is entered once here, around every worker, rather than per image.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    if len(names) < _MIN_FILES_FOR_THREADS or workers == 1:
+      _decode_range(encoded, 0, len(names), images, decoded, image_size, channels)
+      return images, decoded
+    chunk = -(-len(names) // (4 * workers))  # a few chunks per thread even out slow and fast files
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="cnnjax-decode") as pool:
+      tasks = [pool.submit(_decode_range, encoded, start, min(start + chunk, len(names)), images, decoded,
+                           image_size, channels) for start in range(0, len(names), chunk)]
+      for task in tasks:
+        task.result()  # re-raises a worker's unexpected error here
+  return images, decoded
 
 
 def _is_image_name(name: str) -> bool:

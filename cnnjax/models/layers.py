@@ -272,10 +272,20 @@ _OPTION_CHECKS = {
 
 
 def check_options(model: nn.Module, arch: str) -> None:
-  """Raises a one-line ValueError naming the first option of `model` that has an unusable value."""
+  """Raises a one-line ValueError naming the first option of `model` that has an unusable value.
+
+  None is also valid where the model's own default is None: there it stands for the architecture's default
+  (SimpleCNN's `dropout`, which its plan gives).
+  """
+  defaults = {field.name: field.default for field in dataclasses.fields(model)}
   for field, (valid, advice) in _OPTION_CHECKS.items():
-    if hasattr(model, field) and not valid(getattr(model, field)):
-      raise ValueError(f"{arch}: {field}={getattr(model, field)!r} is invalid; {advice}")
+    if not hasattr(model, field):
+      continue
+    value = getattr(model, field)
+    if value is None and defaults.get(field) is None:
+      continue
+    if not valid(value):
+      raise ValueError(f"{arch}: {field}={value!r} is invalid; {advice}")
   compute_dtype(getattr(model, "dtype", None))
 
 
@@ -337,13 +347,19 @@ def spatial_ops(layer_list: Sequence[nn.Module]) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class ConvSpec:
-  """A convolution of a stack; `batch_norm=False` keeps it without BatchNorm even when the model uses BN."""
+  """A convolution of a stack; `batch_norm=False` keeps it without BatchNorm even when the model uses BN.
+
+  `batch_norm_after_activation`: BN normalises the activated output, as a Keras stack that writes
+  `Conv2D(activation='relu')` then `BatchNormalization()` does (the Packt smile detector), instead of
+  conv -> BN -> activation.
+  """
   features: int
   kernel: int = 3
   strides: int = 1
   padding: Padding = "SAME"
   name: Optional[str] = None
   batch_norm: bool = True
+  batch_norm_after_activation: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,7 +394,8 @@ class KerasNames:
 def conv_stack(specs, *, names: KerasNames, train: bool, activation: str, use_batch_norm: bool, pooling: str,
                conv_dropout: Optional[float] = None, axis_name: Optional[str] = None, dtype: Any = None) -> list:
   """Layers for `specs`. Without BN a conv carries its activation (Keras `Conv2D(activation=...)`); with BN it is
-  conv -> BN -> activation, named `<conv>_bn`, `<conv>_relu` beside a named conv (else Keras's automatic names).
+  conv -> BN -> activation, named `<conv>_bn`, `<conv>_relu` beside a named conv (else Keras's automatic names),
+  or conv with its activation -> BN for a spec with `batch_norm_after_activation`.
   `conv_dropout`, when given, replaces the rate of every dropout in the stack."""
   stack = []
   for spec in specs:
@@ -392,14 +409,16 @@ def conv_stack(specs, *, names: KerasNames, train: bool, activation: str, use_ba
         stack.append(dropout(rate, train, name=names("dropout", spec.name)))
     else:
       normalized = use_batch_norm and spec.batch_norm
+      activation_after_bn = normalized and not spec.batch_norm_after_activation
       stack.append(Conv(spec.features, (spec.kernel,) * 2, (spec.strides,) * 2, spec.padding,
-                        activation=None if normalized else activation, dtype=dtype,
+                        activation=None if activation_after_bn else activation, dtype=dtype,
                         name=names("conv2d", spec.name)))
       if normalized:
         bn_name, act_name = (None, None) if spec.name is None else (f"{spec.name}_bn", f"{spec.name}_relu")
         stack.append(batch_norm(train, name=names("batch_normalization", bn_name), axis_name=axis_name,
                                 dtype=dtype))
-        stack.append(Activation(activation, name=names("activation", act_name)))
+        if activation_after_bn:
+          stack.append(Activation(activation, name=names("activation", act_name)))
   return stack
 
 
@@ -435,11 +454,12 @@ class SequentialCNN(nn.Module):
 
 
 def sequential_cnn(model: nn.Module, arch: str, images, train: bool, specs, hidden_units: Sequence[int], *,
-                   batch_norm_default: bool = False, hidden_names: Optional[Sequence[str]] = None):
+                   batch_norm_default: bool = False, dropout_default: float = 0.0,
+                   hidden_names: Optional[Sequence[str]] = None):
   """Builds (inside `model`'s compact `__call__`) and runs `specs` + head from the model's options.
 
-  `model` provides num_classes, activation, pooling, head, dropout, dtype, axis_name and optionally batch_norm
-  (None = `batch_norm_default`) and conv_dropout. Returns float32 logits.
+  `model` provides num_classes, activation, pooling, head, dropout (None = `dropout_default`), dtype, axis_name
+  and optionally batch_norm (None = `batch_norm_default`) and conv_dropout. Returns float32 logits.
   """
   check_options(model, arch)
   dtype = compute_dtype(model.dtype)
@@ -450,8 +470,9 @@ def sequential_cnn(model: nn.Module, arch: str, images, train: bool, specs, hidd
   stack = conv_stack(specs, names=names, train=train, activation=model.activation, use_batch_norm=use_batch_norm,
                      pooling=model.pooling, conv_dropout=getattr(model, "conv_dropout", None),
                      axis_name=model.axis_name, dtype=dtype)
+  dropout_rate = dropout_default if model.dropout is None else model.dropout
   stack += classifier_head(model.head, hidden_units, num_classes=model.num_classes, names=names, train=train,
-                           activation=model.activation, dropout_rate=model.dropout, hidden_names=hidden_names,
+                           activation=model.activation, dropout_rate=dropout_rate, hidden_names=hidden_names,
                            dtype=dtype)
   check_input_size(inputs, arch, spatial_ops(stack))
   outputs = inputs
