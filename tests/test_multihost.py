@@ -8,7 +8,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cnnjax.train import loop
 from cnnjax.train import weights
 
 REPO = Path(__file__).resolve().parents[1]

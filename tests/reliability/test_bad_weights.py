@@ -5,7 +5,6 @@ tests/test_pretrained.py covers a half HDF5 / half .npz, ResNet-20 weights as Re
 another width, a Keras model with an unsupported layer or a missing bias, and a missing file; these are the rest.
 """
 import argparse
-import io
 import json
 import os
 import shutil

@@ -12,7 +12,6 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from cnnjax import data, explain
 from cnnjax.models import layers as L
