@@ -7,7 +7,7 @@ checkpoint, report and stop; then it evaluates the best weights.
 import functools
 import json
 import os
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -134,6 +134,11 @@ def train_batches(config, images: data_lib.ImageSet, batch_sharding, epoch: int,
     yield sharding.global_batch(batch, batch_sharding)
 
 
+def _validation(splits: data_lib.Splits) -> Optional[data_lib.ImageSet]:
+  """The validation split, or None when there is none (validation_split=0) or it is empty."""
+  return splits.validation if splits.validation is not None and len(splits.validation) else None
+
+
 def _start(config, workdir: str, task: experiment.Task, checkpoints, replicated):
   """(state, progress): restored from the latest checkpoint, else fresh (with the task's starting layers)."""
   state = jax.device_put(step_lib.create_train_state(task.model, task.tx, task.input_shape, config.seed), replicated)
@@ -163,7 +168,7 @@ def _gradcam_overlays(model, images, preprocess: Dict) -> Callable[[Dict], np.nd
 
 
 def _hooks(config, workdir: str, task: experiment.Task, progress, checkpoints, writer, stop, validate, probe, is_writer):
-  validation = task.splits.validation
+  validation = _validation(task.splits)
   explained = (validation if validation is not None else task.splits.train).images[
       :config.tensorboard_explain_images]
   overlays = (_gradcam_overlays(task.model, explained, task.preprocess)
@@ -195,7 +200,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, task: experiment.Task, 
   score = lambda images: (lambda variables: evaluation.evaluate(eval_step, variables, images, config.eval_batch_size,
                                                                 batch_sharding))
   splits = task.splits
-  validation = splits.validation if splits.validation is not None and len(splits.validation) else None
+  validation = _validation(splits)
   probe = data_lib.ImageSet(splits.train.images[:config.eval_batch_size], splits.train.labels[:config.eval_batch_size])
 
   from clu import metric_writers  # imports TensorFlow (seconds): only runs that train need it
@@ -226,7 +231,7 @@ def _evaluate_best(config, workdir, task: experiment.Task, state, checkpoints, w
   writer.close()
   final_state = best_restored[0] if best_restored else state
   splits = task.splits
-  validation = splits.validation if splits.validation is not None and len(splits.validation) else None
+  validation = _validation(splits)
   # A dataset's own test split (celeb_a) reports the weights validation chose; otherwise the validation split.
   split_name, eval_split = (("test", splits.test) if splits.test is not None else
                             ("validation", validation) if validation is not None else
