@@ -67,11 +67,6 @@ class Activated(nn.Module):
     return apply_activation(inputs, kind)
 
 
-def check_activation(kind: Optional[str]) -> None:
-  if kind not in ACTIVATIONS and kind is not None:
-    raise ValueError(f"unknown activation {kind!r}; choose one of {ACTIVATIONS}")
-
-
 Padding = xla_cpu.Padding  # 'SAME'/'VALID' (TensorFlow's) or explicit (before, after) pairs
 
 # Keras's defaults, so that models trained here behave like the tutorials' models.
