@@ -197,18 +197,18 @@ def fit(config: ml_collections.ConfigDict, workdir: str, task: experiment.Task, 
   checkpoints = checkpoint_lib.Checkpoints(workdir, config.keep_checkpoints)
   state, progress = _start(config, workdir, task, checkpoints, replicated)
   train_step, eval_step = jitted_steps(config, task, replicated, batch_sharding)
-  score = lambda images: (lambda variables: evaluation.evaluate(eval_step, variables, images, config.eval_batch_size,
-                                                                batch_sharding))
+  score = lambda images: functools.partial(evaluation.evaluate, eval_step, images=images,
+                                           batch_size=config.eval_batch_size, batch_sharding=batch_sharding)
   splits = task.splits
   validation = _validation(splits)
   probe = data_lib.ImageSet(splits.train.images[:config.eval_batch_size], splits.train.labels[:config.eval_batch_size])
 
   from clu import metric_writers  # imports TensorFlow (seconds): only runs that train need it
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
-  if int(state.step) == 0:
+  start = int(state.step)
+  if start == 0:
     # clu flattens nested fields to dotted names ('augment.rotation'); class names are data, not settings.
     writer.write_hparams({k: v for k, v in config.to_dict().items() if k not in config_lib.DERIVED_FIELDS})
-  start = int(state.step)
   batches = functools.partial(train_batches, config, splits.train, batch_sharding)
   with runner.StopRequests() as stop:
     hooks = _hooks(config, workdir, task, progress, checkpoints, writer, stop,
