@@ -361,7 +361,7 @@ def test_bad_inputs_give_one_line_errors_listing_choices():
                   "block5_conv3", "conv1", "relu1", "predictions")
   _one_line_error(lambda: explain.gradcam(model, variables, images, [0, 3]), "3", "0..2")
   _one_line_error(lambda: explain.saliency(model, variables, images, [-1, 0]), "-1", "0..2")
-  _one_line_error(lambda: explain.saliency(model, variables, images, [0, 1, 2]), "one class index per image")
+  _one_line_error(lambda: explain.saliency(model, variables, images, [0, 1, 2]), "one class per image")
   _one_line_error(lambda: explain.gradcam(model, variables, images, [0, 1], layer="gap"), "conv2")
   _one_line_error(lambda: explain.saliency(model, variables, images[0], [0]), "(B, H, W, C)")
   _one_line_error(lambda: explain.saliency(model, variables, images.astype(jnp.uint8), [0, 1]), "floating")
@@ -390,7 +390,7 @@ def test_gradcam_costs_about_one_forward_pass():
   model = DeepCNN()
   images = _images(2, size=12)
   variables = _init(model, images)
-  targets = jnp.array([0, 1])
+  targets = explain.Targets(jnp.array([[0], [1]]))
   forward = _flops(lambda v, x: model.apply(v, x, train=False), variables, images)
   info = explain.features.resolve_layer(model, images.shape[1:], "conv4")
   cam = _flops(lambda v, x, t: cam_lib.class_activation_maps(model, v, x, t, info), variables, images, targets)
@@ -403,7 +403,7 @@ def test_gradcam_differentiates_only_the_probe():
   variables = _init(model, images)
   info = explain.features.resolve_layer(model, images.shape[1:], "conv2")
   jaxpr = jax.make_jaxpr(lambda v, x, t: cam_lib.class_activation_maps(model, v, x, t, info))(
-      variables, images, jnp.array([0, 1]))
+      variables, images, explain.Targets(jnp.array([[0], [1]])))
   # Forward: 4 convolutions. Backward from the logits to conv2's output: input-gradients of conv4 and conv3
   # only; a kernel gradient or a backward through conv1/conv2 would add more.
   assert str(jaxpr).count("conv_general_dilated") == 6, jaxpr

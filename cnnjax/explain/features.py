@@ -1,6 +1,6 @@
 """Layers by name for the explainers: resolving a name (or its Keras 2.1 alias), the default Grad-CAM layer,
-capturing outputs, and gradients at a layer's output; plus the checks of images and targets every explainer
-makes, with one-line errors.
+capturing outputs, and gradients at a layer's output; plus the check of images every explainer makes, with
+one-line errors (targets are `targets`').
 
 Listing and capturing are `cnnjax.models.introspect`'s (by `nn.intercept_methods`, so any Linen module works);
 the backprop modifier is `backprop`'s.
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax.explain import backprop
+from cnnjax.explain import targets as targets_lib
 from cnnjax.models import introspect
 from cnnjax.models.introspect import LayerInfo, layer_infos, num_classes, static_model, unwrap_model
 
@@ -22,11 +23,6 @@ from cnnjax.models.introspect import LayerInfo, layer_infos, num_classes, static
 def apply_logits(model, variables, images):
   """The model's logits in inference mode (the only mode explainers use)."""
   return model.apply(variables, images, train=False)
-
-
-def target_logits(logits, targets):
-  """logits[b, targets[b]] for each image, in float32 so bfloat16 models differentiate accurately."""
-  return jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0].astype(jnp.float32)
 
 
 # Keras 2.1 ResNet50 names (the tutorials' `res5c_branch2c`) -> Keras 2.2+ names, which the zoo uses.
@@ -97,23 +93,22 @@ def default_cam_layer(infos: Sequence[LayerInfo]) -> LayerInfo:
   return (informative or spatial)[-1]
 
 
-def probe_gradients(model, variables, images, targets, layer: LayerInfo, modifier: Optional[str] = None):
-  """(A, d sum_b logit_b[target_b] / dA) for the layer's output A, in one forward pass.
+def probe_gradients(model, variables, images, targets: targets_lib.Targets, layer: LayerInfo, modifier: Optional[str] = None):
+  """(A (B, h, w, c), d score_k / dA (B, K, h, w, c)) for the layer's output A, from one forward pass.
 
   The gradient is taken with respect to a zero probe added to A (`introspect.capture_outputs`), never with
   respect to the parameters or the images, so JAX linearises only the part of the network above the layer: the
-  cost stays near one forward pass whatever the depth. Images are independent in inference mode, so the
-  gradient of the batch sum is each image's own gradient.
+  cost stays near one forward pass whatever the depth, and K targets add K pullbacks of that part only.
   """
   backprop.check_reachable(model, images.shape, modifier, images.dtype)
   probe = jnp.zeros((images.shape[0], *layer.shape[1:]), jnp.float32)
 
-  def score(probe):
+  def logits_and_features(probe):
     with backprop.modified_backprop(modifier):
       logits, captured = introspect.capture_outputs(model, variables, images, [layer.name], {layer.name: probe})
-    return jnp.sum(target_logits(logits, targets)), captured[layer.name]
+    return logits, captured[layer.name]
 
-  gradients, features = jax.grad(score, has_aux=True)(probe)
+  _, gradients, features = targets_lib.pullback(logits_and_features, probe, targets, has_aux=True)
   return features, gradients
 
 
@@ -135,27 +130,6 @@ def check_images(images, what: str = "images") -> jax.Array:
     raise ValueError(f"{what} must be floating point, preprocessed as the model was trained; got dtype "
                      f"{images.dtype} (convert uint8 with the model's preprocessing, or .astype(float32))")
   return jnp.asarray(images)
-
-
-def check_targets(model, images, targets) -> jax.Array:
-  """One int class index per image (a scalar applies to every image), within the model's classes."""
-  classes = num_classes(model, images.shape[1:], images.dtype)
-  traced = isinstance(targets, jax.core.Tracer)
-  targets = targets if traced else np.asarray(targets)
-  if targets.ndim == 0:
-    targets = jnp.broadcast_to(targets, (images.shape[0],))
-  if targets.shape != (images.shape[0],):
-    raise ValueError(f"targets must hold one class index per image, shape ({images.shape[0]},); got shape "
-                     f"{tuple(targets.shape)}")
-  if not jnp.issubdtype(targets.dtype, jnp.integer):
-    raise ValueError(f"targets must be integer class indices; got dtype {targets.dtype}")
-  if not traced:
-    targets = np.asarray(targets)
-    bad = targets[(targets < 0) | (targets >= classes)]
-    if bad.size:
-      raise ValueError(f"target {int(bad[0])} is out of range; valid targets are 0..{classes - 1} "
-                       f"({classes} classes)")
-  return jnp.asarray(targets, jnp.int32)
 
 
 def activations(model, variables, images, layers) -> Dict[str, jax.Array]:
