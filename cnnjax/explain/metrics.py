@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from cnnjax.explain import attribution, cam, features, gradients, sampling
+from cnnjax.explain import attribution, features, gradients, registry, sampling
 from cnnjax.explain import targets as targets_lib
 
 SUBSTRATES = ("zeros", "blur")
@@ -106,9 +106,8 @@ def deletion_insertion(model, variables, images, targets, maps, *, steps: int = 
     raise ValueError(f"unknown substrate {substrate!r}; choose one of {SUBSTRATES}")
   if int(steps) < 1 or blur_sigma <= 0:
     raise ValueError(f"need steps >= 1 and blur_sigma > 0; got steps={steps}, blur_sigma={blur_sigma}")
-  return _deletion_insertion(features.static_model(model), variables, images, targets,
-                             maps, steps=int(steps), substrate=substrate,
-                             blur_sigma=float(blur_sigma))
+  return _deletion_insertion(features.static_model(model), variables, images, targets, maps, steps=int(steps),
+                             substrate=substrate, blur_sigma=float(blur_sigma))
 
 
 # --- what the perturbation metrics share ---------------------------------------------------------------------
@@ -194,7 +193,7 @@ def _check_attributions(attributions, images) -> jax.Array:
 
 def _check_samples(samples, least: int, what: str) -> int:
   if int(samples) < least:
-    raise ValueError(f"samples must be at least {least} {what} per image; got {samples}")
+    raise ValueError(f"samples must be at least {least} {what}; got {samples}")
   return int(samples)
 
 
@@ -255,7 +254,7 @@ def mufidelity(model, variables, images, targets, attributions, *, grid_size: Op
                      f"{grid_size}")
   if not 0 < subset_percent < 1:
     raise ValueError(f"subset_percent must be a fraction of the image in (0, 1); got {subset_percent}")
-  samples = _check_samples(samples, 2, "subsets (a correlation needs two)")
+  samples = _check_samples(samples, 2, "subsets per image (a correlation needs two)")
   chunk = sampling.check_chunk_size(chunk_size, images.shape[0], samples, "subsets")
   grid = tuple(size) if grid_size is None else tuple(min(int(grid_size), side) for side in size)
   return _mufidelity(features.static_model(model), variables, images, targets, jnp.sum(attributions, axis=-1),
@@ -310,7 +309,7 @@ def infidelity(model, variables, images, targets, attributions, *, samples: int 
   images = features.check_images(images)
   targets = single_targets(model, images, targets)
   attributions = _check_attributions(attributions, images)
-  samples = _check_samples(samples, 1, "perturbations")
+  samples = _check_samples(samples, 1, "perturbation per image")
   if not noise > 0:
     raise ValueError(f"noise must be a positive standard deviation in the images' units; got {noise}")
   chunk = sampling.check_chunk_size(chunk_size, images.shape[0], samples, "perturbations")
@@ -368,7 +367,7 @@ def sensitivity_max(explainer: Callable, model, variables, images, targets, *, s
   if not callable(explainer):
     raise ValueError(f"explainer must be a cnnjax explainer function such as cnnjax.explain.saliency; got "
                      f"{explainer!r}")
-  samples = _check_samples(samples, 1, "perturbations")
+  samples = _check_samples(samples, 1, "perturbation per image")
   if not radius > 0:
     raise ValueError(f"radius must be a positive perturbation size in the images' units; got {radius}")
   arrays, static = attribution._split_options(explainer_options)
@@ -529,25 +528,14 @@ def road(model, variables, images, targets, maps, *, percentiles=(10, 20, 30, 40
 
 
 def _explainer(method: str, layer: Optional[str]):
-  """(model, variables, images, targets) -> (B, H, W) map for a method name."""
-  if method in ("gradcam", "gradcam_plus_plus"):
-    explain = cam.gradcam if method == "gradcam" else cam.gradcam_plus_plus
-    return lambda *args: explain(*args, layer=layer)
-  reduce = gradients.saliency_map
-  if method in ("saliency", "guided", "relu"):
-    modifier = None if method == "saliency" else method
-    return lambda *args: reduce(gradients.saliency(*args, modifier=modifier))
-  if method == "guided_gradcam":
-    return lambda *args: reduce(cam.guided_gradcam(*args, layer=layer))
-  if method == "smoothgrad":
-    return lambda *args: reduce(attribution.smoothgrad(*args))
-  if method == "integrated_gradients":
-    return lambda *args: reduce(attribution.integrated_gradients(*args))
-  raise ValueError(f"unknown method {method!r}; choose one of {RANDOMIZATION_METHODS}")
+  """(model, variables, images, targets) -> (B, H, W) map of a registry method (per-pixel attributions reduced to
+  max |a| over channels); `gradcam_plus_plus` is accepted for the registry's `gradcam++`."""
+  chosen = registry.method("gradcam++" if method == "gradcam_plus_plus" else method)
 
-
-RANDOMIZATION_METHODS = ("gradcam", "gradcam_plus_plus", "saliency", "guided", "relu", "guided_gradcam",
-                         "smoothgrad", "integrated_gradients")
+  def explain(model, variables, images, targets):
+    maps = chosen(model, variables, images, targets, layer=layer)
+    return gradients.saliency_map(maps) if maps.ndim == 4 else maps
+  return explain
 
 
 def spearman(first, second) -> np.ndarray:
