@@ -7,6 +7,7 @@
   python explain.py --workdir RUN --images a.jpg --methods saliency,gradcam,deletion   # + deletion.json AUCs
   python explain.py --weights ../shared/weights/mobilenet/mobilenet_2_5_224_tf.h5 --images a.jpg --target "tiger cat"
   python explain.py --serve --workdir RUN            # prints http://127.0.0.1:PORT/; --images to offer photos
+  python explain.py --list_methods                   # every explainer --methods accepts (or --methods all)
 
 Loads the best checkpoint and the config of a train.py workdir (or a weight file through cnnjax.pretrained.load,
 with ImageNet class names for 1000-class models), preprocesses the images as that model was trained, prints the
@@ -30,8 +31,9 @@ flags.DEFINE_list("images", [], "Images to explain (with --serve: the photos off
                   "(every image file directly inside, sorted) or quoted globs ('photos/*.jpg'), separated by "
                   "spaces or commas.")
 flags.DEFINE_string("methods", "saliency,guided,relu,gradcam,guided_gradcam",
-                    "Comma-separated: saliency, guided, relu, smoothgrad, integrated_gradients, gradcam, gradcam++, "
-                    "guided_gradcam, activations, maximize, deletion.")
+                    "Comma-separated explainers of cnnjax.explain.registry (--list_methods shows them) or all; and "
+                    "activations, maximize, deletion.")
+flags.DEFINE_bool("list_methods", False, "Print every explainer (name, paper, peer) and exit.")
 flags.DEFINE_string("layer", None, "Layer for Grad-CAM / activations (Keras-style name); default: the last "
                     "spatial feature map.")
 flags.DEFINE_string("target", "top1", "top1 (each image's prediction), a class index or a class name.")
@@ -62,6 +64,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from cnnjax.apps import report, serve
   FLAGS = flags.FLAGS
+  if FLAGS.list_methods:
+    print(report.methods_table())
+    return
   try:
     images = report.image_paths(image_items(argv))
     methods = report.parse_methods(FLAGS.methods)

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
+from cnnjax.explain import registry  # noqa: E402  (titles and kinds of the explainers' panels)
 
 PathLike = Union[str, Path]
 
@@ -195,9 +196,9 @@ def _filter_tiles(kernel, max_filters: int):
   return tiles
 
 
-EXPLANATION_PANELS = ("saliency", "guided", "relu", "gradcam", "guided_gradcam")
-PANEL_TITLES = {"saliency": "saliency", "guided": "guided backprop", "relu": "rectified backprop",
-                "gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM"}
+# Panels in the registry's order (keras-vis's first: saliency, guided, rectified, ..., Grad-CAM, guided Grad-CAM).
+EXPLANATION_PANELS = tuple(registry.METHODS)
+PANEL_TITLES = {name: method.title for name, method in registry.METHODS.items()}
 
 
 def _panel(map_):
@@ -213,7 +214,10 @@ def _panel(map_):
 
 
 def _is_overlay(name: str) -> bool:
-  """Grad-CAM-like maps are coarse regions, shown over the image; gradient maps are fine detail, shown alone."""
+  """Region maps (the CAMs, RISE) are shown over the image; per-pixel maps (gradients, occlusion) alone. A name the
+  registry does not know is a region map if it looks like a CAM."""
+  if name in registry.METHODS:
+    return registry.METHODS[name].region
   return "cam" in name and "guided" not in name
 
 

@@ -12,6 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))  # configs/ is imported as a package, as train.py does
 
+try:  # the test peers' torch, imported before JAX starts its threads: importing torchvision (and triton with it) late
+  import torch  # noqa: E402,F401  # in a worker that had run the web page's tests once crashed it with SIGSEGV
+  import torchvision  # noqa: E402,F401
+except ImportError:  # requirements-peers.txt not installed: the peer tests skip
+  pass
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

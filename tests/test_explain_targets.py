@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from cnnjax import explain, models
-from cnnjax.explain import cost as cost_lib
 from cnnjax.models import layers as L
 
 KEY = jax.random.PRNGKey(0)
@@ -102,8 +101,8 @@ def test_k_class_gradcam_is_one_forward_pass_not_k():
   images = jnp.zeros((128, 32, 32, 3))
   variables = jax.eval_shape(functools.partial(model.init, train=False), KEY, images[:1])
   variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
-  ten = cost_lib.cost(explain.gradcam, model, variables, images, jnp.tile(jnp.arange(10), (128, 1)))
-  one = cost_lib.cost(explain.gradcam, model, variables, images, jnp.zeros(128, jnp.int32))
+  ten = explain.cost(explain.gradcam, model, variables, images, jnp.tile(jnp.arange(10), (128, 1)))
+  one = explain.cost(explain.gradcam, model, variables, images, jnp.zeros(128, jnp.int32))
   assert ten["flops"] <= 0.3 * 10 * one["flops"], (ten, one)
   assert 0.8 <= one["forwards"] <= 1.5, one
 
@@ -111,9 +110,9 @@ def test_k_class_gradcam_is_one_forward_pass_not_k():
 def test_cost_counts_forward_passes():
   model, variables, images = _setup(model=models.create("simple_cnn", num_classes=10), size=32)
   targets = jnp.array([0, 1, 2])
-  cam = cost_lib.cost(explain.gradcam, model, variables, images, targets)
-  saliency = cost_lib.cost(explain.saliency, model, variables, images, targets)
-  ig = cost_lib.cost(explain.integrated_gradients, model, variables, images, targets, steps=8)
+  cam = explain.cost(explain.gradcam, model, variables, images, targets)
+  saliency = explain.cost(explain.saliency, model, variables, images, targets)
+  ig = explain.cost(explain.integrated_gradients, model, variables, images, targets, steps=8)
   assert 0.8 <= cam["forwards"] <= 1.5, cam
   assert 2 <= saliency["forwards"] <= 4, saliency  # a forward and a backward through every layer
   assert ig["forwards"] >= 6 * saliency["forwards"], (ig, saliency)  # eight path points

@@ -18,7 +18,7 @@ from PIL import Image
 
 from cnnjax import pretrained
 from cnnjax.apps import report, serve
-from cnnjax.explain import cam
+from cnnjax.explain import cam, registry
 from cnnjax.train import loop
 from conftest import tiny_config
 
@@ -83,12 +83,22 @@ def test_page_and_info(server_url):
   assert content_type == "application/json"
   assert info["classes"] == ["blue", "green", "red"] and info["photos"] == ["0.png", "0.png"]
   assert info["default_layer"] in info["layers"] and info["max_upload_bytes"] == 10 * 2**20
+  # Every explainer of the registry is offered, the cheap keras-vis set ticked.
+  assert [method["name"] for method in info["methods"]] == list(registry.METHODS)
+  assert info["default_methods"] == list(serve.DEFAULT_METHODS)
+
+
+def test_explains_with_the_methods_asked_for(server_url):
+  status, answer = explain(server_url, photo="0", methods="occlusion,eigencam,input_x_gradient")
+  assert status == 200, answer
+  assert [panel["method"] for panel in answer["panels"]] == ["occlusion", "eigencam", "input_x_gradient"]
+  assert all(decoded(panel["image"]).size == (16, 16) for panel in answer["panels"])
 
 
 def test_explains_a_photo_and_an_upload(server_url, image_folder):
   status, answer = explain(server_url, photo="0", target="top1")
   assert status == 200, answer
-  assert [panel["method"] for panel in answer["panels"]] == list(serve.METHODS)
+  assert [panel["method"] for panel in answer["panels"]] == list(serve.DEFAULT_METHODS)
   for panel in answer["panels"]:
     assert decoded(panel["image"]).size == (16, 16)
   assert decoded(answer["input"]).size == (16, 16)
@@ -123,6 +133,7 @@ def bomb() -> bytes:
     (b"", {"photo": "7"}, 400, "no photo '7'"),
     (b"", {"photo": "0", "layer": "dense_1"}, 400, "unknown layer 'dense_1'"),
     (b"", {"photo": "0", "target": "zebra"}, 400, "unknown target class 'zebra'"),
+    (b"", {"photo": "0", "methods": "gradcam,lime"}, 400, "unknown method 'lime'"),
 ])
 def test_rejects_bad_requests_with_one_line(server_url, body, query, status, message):
   got_status, answer = explain(server_url, body() if callable(body) else body, **query)
@@ -204,7 +215,11 @@ def test_page_in_headless_chromium(shared_dir, tmp_path):
       page.wait_for_function("[...document.querySelectorAll('#input, #panels img')]"
                              ".every(image => image.complete && image.naturalWidth > 0)")
       shown = page.eval_on_selector_all("#panels img", "images => images.map(i => [i.dataset.method, i.naturalWidth])")
-      assert shown == [[method, 224] for method in serve.METHODS]
+      assert shown == [[method, 224] for method in serve.DEFAULT_METHODS]
+      page.check("#methods input[value='layercam']")  # one more method: the page asks for it at once
+      page.wait_for_function("document.querySelectorAll('#panels img').length === 5")
+      shown = page.eval_on_selector_all("#panels img", "images => images.map(i => i.dataset.method)")
+      assert shown == [*serve.DEFAULT_METHODS, "layercam"]
       assert len(page.query_selector_all("#top5 li")) == 5
       browser.close()
   finally:

@@ -16,24 +16,13 @@ from PIL import Image
 
 from cnnjax import data as data_lib
 from cnnjax import explain, pretrained, train, viz
+from cnnjax.explain import registry
 from cnnjax.data import sources
 from cnnjax.train import experiment
 
-# Method name on the command line -> (explainer, its keyword arguments).
-GRADIENT_METHODS = {
-    "saliency": (explain.saliency, {}),
-    "guided": (explain.saliency, {"modifier": "guided"}),
-    "relu": (explain.saliency, {"modifier": "relu"}),
-    "smoothgrad": (explain.smoothgrad, {}),
-    "integrated_gradients": (explain.integrated_gradients, {}),
-}
-CAM_METHODS = {
-    "gradcam": explain.gradcam,
-    "gradcam++": explain.gradcam_plus_plus,
-    "guided_gradcam": explain.guided_gradcam,
-}
+# Beyond the registry's explainers: what else a report can draw or score.
 OTHER_METHODS = ("activations", "maximize", "deletion")
-METHODS = tuple(GRADIENT_METHODS) + tuple(CAM_METHODS) + OTHER_METHODS
+METHODS = tuple(registry.METHODS) + OTHER_METHODS
 
 
 # Input side of imported models whose source does not fix it: CIFAR ResNets, and the tutorials' full Keras models
@@ -83,10 +72,21 @@ def load_weights(path: str, image_size: Optional[int] = None) -> ModelSource:
 def parse_methods(text: str) -> List[str]:
   """The --methods list, checked before any model loads so a typo costs no restore or compilation."""
   methods = [name.strip() for name in text.split(",") if name.strip()]
+  methods = [name for entry in methods for name in (registry.METHODS if entry == "all" else (entry,))]
   unknown = [name for name in methods if name not in METHODS]
   if unknown or not methods:
-    raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+    raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)} "
+                     "(or all)")
   return methods
+
+
+def methods_table() -> str:
+  """Every --methods name: the registry's explainers (paper, peer), then the report's other outputs."""
+  rows = [f"{m.name:22} {m.title:22} {m.paper:26} {m.peer}" for m in registry.METHODS.values()]
+  rows += [f"{name:22} {description}" for name, description in (
+      ("activations", "the --layer's feature maps"), ("maximize", "an input maximising the target class"),
+      ("deletion", "deletion/insertion AUCs of the other maps (deletion.json)"))]
+  return "\n".join(rows)
 
 
 def load_source(workdir: Optional[str], weights: Optional[str], image_size: Optional[int] = None) -> ModelSource:
@@ -203,14 +203,8 @@ def top_predictions(logits: np.ndarray, class_names: Sequence[str], k: int = 5) 
 def explanation_maps(model, variables, inputs, targets, methods: Sequence[str],
                      layer: Optional[str]) -> Dict[str, np.ndarray]:
   """Every requested map for the whole batch, each method one jitted batched call."""
-  maps = {}
-  for name in methods:
-    if name in GRADIENT_METHODS:
-      function, options = GRADIENT_METHODS[name]
-      maps[name] = function(model, variables, inputs, targets, **options)
-    elif name in CAM_METHODS:
-      maps[name] = CAM_METHODS[name](model, variables, inputs, targets, layer=layer)
-  return {name: np.asarray(value) for name, value in maps.items()}
+  return {name: np.asarray(registry.METHODS[name](model, variables, inputs, targets, layer=layer))
+          for name in methods if name in registry.METHODS}
 
 
 def run(source: ModelSource, image_paths: Sequence[str], *, methods: Sequence[str], target: str,

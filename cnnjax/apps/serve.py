@@ -1,5 +1,6 @@
 """The explanation web page of `python explain.py --serve`: pick or upload a photo, see the top-5 predictions and
-saliency / guided backprop / Grad-CAM / guided Grad-CAM for any class at any feature layer.
+any of the registry's explainers (saliency, guided backprop, Grad-CAM, guided Grad-CAM by default) for any class
+at any feature layer.
 
 Standard library only (`http.server`). The model is loaded once; a request runs one jitted forward pass and one
 jitted batched call per method (`report.explanation_maps`), which compile once per layer and are then reused
@@ -7,8 +8,9 @@ jitted batched call per method (`report.explanation_maps`), which compile once p
 Requests are served on threads but computed one at a time: XLA already spreads one call over every core.
 
   GET  /              the page (one HTML file, no external resources: it works offline)
-  GET  /api/info      {"title", "classes", "layers", "default_layer", "photos", "max_upload_bytes"}
-  POST /api/explain   ?target=top1|INDEX&layer=NAME and either &photo=INDEX (one of "photos") or the image file
+  GET  /api/info      {"title", "classes", "layers", "default_layer", "photos", "max_upload_bytes", "methods",
+                      "default_methods"}
+  POST /api/explain   ?target=top1|INDEX&layer=NAME&methods=NAME,NAME and either &photo=INDEX (one of "photos") or the image file
                       as the body (&name=FILE for messages) -> {"input", "top5", "target", "layer", "panels"};
                       a bad request gets a 4xx and {"error": "one line"}.
 """
@@ -32,10 +34,12 @@ from PIL import Image
 from cnnjax import data as data_lib
 from cnnjax import viz
 from cnnjax.apps import report
-from cnnjax.explain import features
+from cnnjax.explain import features, registry
 from cnnjax.pretrained import preprocessing as pretrained_preprocessing
 
-METHODS = ("saliency", "guided", "gradcam", "guided_gradcam")
+# Shown until the page asks for others: the keras-vis set, each about one forward pass or one backward (the
+# perturbation methods and Score-CAM cost hundreds of forwards and are a click away).
+DEFAULT_METHODS = ("saliency", "guided", "gradcam", "guided_gradcam")
 MAX_UPLOAD_BYTES = 10 * 2**20
 # 10 MB of JPEG rarely holds more; 50 megapixels decode to 150 MB of RGB, more would be a decompression bomb.
 MAX_PIXELS = 50_000_000
@@ -78,11 +82,12 @@ def predict(source: report.ModelSource, images: np.ndarray) -> Tuple[jax.Array, 
   return inputs, np.asarray(_logits(features.static_model(source.model), source.variables, inputs))
 
 
-def explain_image(source: report.ModelSource, image: np.ndarray, target: str, layer: str) -> Dict:
-  """Predictions and every method's map for one uint8 (S, S, C) image: {"top5", "target", "maps"}."""
+def explain_image(source: report.ModelSource, image: np.ndarray, target: str, layer: str,
+                  methods: Sequence[str] = DEFAULT_METHODS) -> Dict:
+  """Predictions and each method's map for one uint8 (S, S, C) image: {"top5", "target", "maps"}."""
   inputs, logits = predict(source, image[None])
   targets = report.resolve_target(target, logits, source.class_names)
-  maps = report.explanation_maps(source.model, source.variables, inputs, jnp.asarray(targets), METHODS, layer)
+  maps = report.explanation_maps(source.model, source.variables, inputs, jnp.asarray(targets), methods, layer)
   return {"top5": report.top_predictions(logits, source.class_names)[0], "target": int(targets[0]),
           "maps": {name: values[0] for name, values in maps.items()}}
 
@@ -105,7 +110,7 @@ def render(source: report.ModelSource, image: np.ndarray, explained: Dict, layer
       "layer": layer,
       "panels": [{"method": name, "title": viz.PANEL_TITLES[name],
                   "image": png_data_url(viz.panel_array(image, name, explained["maps"][name]))}
-                 for name in METHODS],
+                 for name in explained["maps"]],
   }
 
 
@@ -122,7 +127,9 @@ class ExplanationServer(http.server.ThreadingHTTPServer):
     self.layers, self.default_layer = cam_layers(source)
     self.info = {"title": title, "classes": list(source.class_names), "layers": self.layers,
                  "default_layer": self.default_layer, "photos": [Path(path).name for path in self.photos],
-                 "max_upload_bytes": MAX_UPLOAD_BYTES}
+                 "max_upload_bytes": MAX_UPLOAD_BYTES, "default_methods": list(DEFAULT_METHODS),
+                 "methods": [{"name": m.name, "title": m.title, "paper": m.paper}
+                             for m in registry.METHODS.values()]}
     self.compute_lock = threading.Lock()
 
   def explain(self, query: Dict[str, str], body: Optional[bytes]) -> Dict:
@@ -130,6 +137,11 @@ class ExplanationServer(http.server.ThreadingHTTPServer):
     layer = query.get("layer") or self.default_layer
     if layer not in self.layers:
       raise RequestError(f"unknown layer {layer!r}; choose a layer with a spatial feature map")
+    methods = [name for name in query.get("methods", ",".join(DEFAULT_METHODS)).split(",") if name]
+    try:
+      methods = list(registry.parse(methods)) or list(DEFAULT_METHODS)
+    except ValueError as error:
+      raise RequestError(str(error)) from None
     size, channels = self.source.image_size, self.source.channels
     try:
       if body is None:
@@ -141,7 +153,7 @@ class ExplanationServer(http.server.ThreadingHTTPServer):
     except report.ImageTooLargeError as error:
       raise RequestError(str(error), http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
     with self.compute_lock:
-      explained = explain_image(self.source, image, query.get("target", "top1"), layer)
+      explained = explain_image(self.source, image, query.get("target", "top1"), layer, methods)
     return render(self.source, image, explained, layer)
 
   def warm_up(self):
@@ -264,6 +276,8 @@ PAGE = """<!doctype html>
   #top5 { margin: 0; padding-left: 1.5em; min-width: 16em; }
   #top5 li { margin-bottom: .4em; }
   .bar { height: 6px; background: #3b7dd8; border-radius: 3px; }
+  fieldset { border: 1px solid #ccc; margin: 0 0 1em; display: flex; flex-wrap: wrap; gap: .2em 1em; }
+  fieldset label { flex-direction: row; font-weight: normal; }
 </style>
 </head>
 <body>
@@ -273,8 +287,9 @@ PAGE = """<!doctype html>
   <label>Photo <select id="photo"><option value="">(choose)</option></select></label>
   <label>or upload <input type="file" id="upload" accept="image/*"></label>
   <label>Class <select id="target"><option value="top1">top-1 prediction</option></select></label>
-  <label>Layer (Grad-CAM) <select id="layer"></select></label>
+  <label>Layer (CAMs) <select id="layer"></select></label>
 </div>
+<fieldset id="methods"><legend>Methods</legend></fieldset>
 <div id="status">Pick a photo or upload an image.</div>
 <div class="results" id="results" hidden>
   <figure><img id="input" alt="input"><figcaption>input (as the model sees it)</figcaption></figure>
@@ -300,7 +315,9 @@ function addOption(select, value, text) {
 }
 
 async function explain() {
-  const query = new URLSearchParams({target: $("target").value, layer: $("layer").value});
+  const methods = [...document.querySelectorAll("#methods input:checked")].map((box) => box.value);
+  const query = new URLSearchParams({target: $("target").value, layer: $("layer").value,
+                                     methods: methods.join(",")});
   let body = null;
   if (upload) {
     query.set("name", upload.name);
@@ -361,6 +378,17 @@ async function start() {
   info.classes.forEach((name, index) => addOption($("target"), index, index + ": " + name));
   info.layers.forEach((name) => addOption($("layer"), name, name));
   $("layer").value = info.default_layer;
+  info.methods.forEach((method) => {
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = method.name;
+    box.checked = info.default_methods.includes(method.name);
+    box.onchange = explain;
+    label.title = method.paper;
+    label.append(box, " " + method.title);
+    $("methods").appendChild(label);
+  });
   $("photo").onchange = () => { upload = null; $("upload").value = ""; explain(); };
   $("upload").onchange = () => { upload = $("upload").files[0] || null; $("photo").value = ""; explain(); };
   $("target").onchange = explain;

@@ -30,7 +30,7 @@ def _noisy(images, keys, samples, noise):
   return images[None] + noises * (noise * _spread(images)).astype(images.dtype)[None, :, None, None, None]
 
 
-def _split_options(options):
+def split_options(options):
   """Array-valued options travel into jit as arguments, the rest as static (hashable) ones."""
   arrays = {k: v for k, v in options.items() if isinstance(v, (jax.Array, np.ndarray))}
   static = tuple(sorted((k, v) for k, v in options.items() if k not in arrays))
@@ -87,7 +87,7 @@ def noise_tunnel(explainer: Callable, model, variables, images, targets, *, samp
   if not callable(explainer):
     raise ValueError(f"explainer must be a cnnjax explainer function such as cnnjax.explain.saliency; got "
                      f"{explainer!r}")
-  arrays, static = _split_options(explainer_options)
+  arrays, static = split_options(explainer_options)
   try:
     hash(static)
   except TypeError:
@@ -145,7 +145,7 @@ def _integrated_gradients(model, variables, images, targets, baseline, steps, ch
   return targets.output(attributions), targets.output(delta)
 
 
-def _check_baseline(baseline, images, what="baseline"):
+def check_baseline(baseline, images, what="baseline"):
   baseline = jnp.zeros_like(images) if baseline is None else jnp.asarray(baseline, images.dtype)
   try:
     return jnp.broadcast_to(baseline, images.shape)
@@ -170,7 +170,7 @@ def integrated_gradients(model, variables, images, targets, *, baseline=None, st
     raise ValueError(f"steps must be a positive number of integration points; got {steps}")
   chunk = sampling.check_chunk_size(chunk_size, images.shape[0], int(steps), "path points")
   return _integrated_gradients(features.static_model(model), variables, images, targets,
-                               _check_baseline(baseline, images), int(steps), chunk, bool(return_delta))
+                               check_baseline(baseline, images), int(steps), chunk, bool(return_delta))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "samples", "chunk"))
@@ -216,7 +216,7 @@ def gradient_shap(model, variables, images, targets, *, baselines=None, samples:
   baselines = jnp.zeros((1, *images.shape[1:]), images.dtype) if baselines is None else jnp.asarray(
       baselines, images.dtype)
   if baselines.ndim < 4:
-    baselines = _check_baseline(baselines, images[:1], "baselines")
+    baselines = check_baseline(baselines, images[:1], "baselines")
   if baselines.shape[1:] != images.shape[1:]:
     raise ValueError(f"baselines must be (N, H, W, C) images of the inputs' size {tuple(images.shape[1:])}; got "
                      f"shape {tuple(baselines.shape)}")

@@ -258,7 +258,7 @@ def mufidelity(model, variables, images, targets, attributions, *, grid_size: Op
   chunk = sampling.check_chunk_size(chunk_size, images.shape[0], samples, "subsets")
   grid = tuple(size) if grid_size is None else tuple(min(int(grid_size), side) for side in size)
   return _mufidelity(features.static_model(model), variables, images, targets, jnp.sum(attributions, axis=-1),
-                     attribution._check_baseline(baseline, images), jnp.float32(subset_percent), jnp.uint32(seed),
+                     attribution.check_baseline(baseline, images), jnp.float32(subset_percent), jnp.uint32(seed),
                      grid=grid, samples=samples, chunk=chunk)
 
 
@@ -370,7 +370,7 @@ def sensitivity_max(explainer: Callable, model, variables, images, targets, *, s
   samples = _check_samples(samples, 1, "perturbation per image")
   if not radius > 0:
     raise ValueError(f"radius must be a positive perturbation size in the images' units; got {radius}")
-  arrays, static = attribution._split_options(explainer_options)
+  arrays, static = attribution.split_options(explainer_options)
   try:
     hash(static)
   except TypeError:
