@@ -4,7 +4,8 @@
 dataset, CIFAR-10 included: its test split stays untouched, so `validation_split` means the same everywhere
 and matches Keras `validation_split`-style experiments on the shared zips, which hold no test split). The
 exception is celeb_a, whose official train/validation/test partition keeps each person in one split only:
-carving validation images out of its train split would put the same faces on both sides.
+carving validation images out of its train split would put the same faces on both sides; and imagenet2012,
+whose official validation split is the one every published top-1 is measured on.
 
 `batches` is a pure function of (seed, epoch, start_batch): a training epoch is one seeded permutation,
 so resuming at batch k of epoch e replays exactly what an uninterrupted run would have seen, and every
@@ -43,10 +44,12 @@ def load(dataset: str, *, image_size: int, channels: int = 3, validation_split: 
   """Decodes `dataset` to uint8 and splits off a stratified validation set fixed by `seed`.
 
   Args:
-    dataset: 'cifar10', 'cats_vs_dogs' (tfds, from `data_dir`), 'celeb_a:ATTRIBUTE' (tfds celeb_a, faces
-      cropped, labelled by one binary attribute such as 'Smiling', with celeb_a's own validation and test
-      splits: validation_split and seed do not apply) or 'folder:PATH' with PATH a directory or a .zip in
-      Keras flow_from_directory layout (one subfolder per class).
+    dataset: 'cifar10', 'cats_vs_dogs' (tfds, from `data_dir`), 'imagenet2012' (tfds, prepared from the manually
+      downloaded tars in `data_dir`/downloads/manual; its own validation split: validation_split and seed do not
+      apply), 'celeb_a:ATTRIBUTE' (tfds celeb_a, faces cropped, labelled by one binary attribute such as
+      'Smiling', with celeb_a's own validation and test splits: validation_split and seed do not apply) or
+      'folder:PATH' with PATH a directory or a .zip in Keras flow_from_directory layout (one subfolder per class,
+      e.g. ImageNet's PATH/<wnid>/*.JPEG).
     image_size: images are resized (bilinear, aspect not kept, as Keras `target_size`) to this square size.
     channels: 3 (RGB) or 1 (grayscale); any source format (grayscale, RGBA, 16-bit) is converted.
     validation_split: fraction in [0, 1) of each class moved to validation, taken from the training split.
@@ -69,6 +72,12 @@ def load(dataset: str, *, image_size: int, channels: int = 3, validation_split: 
     parts = sources.load_celeb_a(dataset[len(sources.CELEB_A_PREFIX):], data_dir=data_dir, **options)
     train, validation, test = (ImageSet(parts[name].images, parts[name].labels) for name in sources.CELEB_A_SPLITS)
     return Splits(train=train, validation=validation, class_names=parts["train"].class_names, skipped=0, test=test)
+  if dataset in sources.TFDS_WITH_VALIDATION:
+    train, validation = (sources.load_tfds(dataset, data_dir=data_dir, split=split, **options)
+                         for split in ("train", "validation"))
+    return Splits(train=ImageSet(train.images, train.labels),
+                  validation=ImageSet(validation.images, validation.labels), class_names=train.class_names,
+                  skipped=train.skipped + validation.skipped)
   if dataset in sources.TFDS_DATASETS:
     decoded = sources.load_tfds(dataset, data_dir=data_dir, **options)
   elif isinstance(dataset, str) and dataset.startswith(sources.FOLDER_PREFIX):

@@ -32,7 +32,14 @@ from PIL import Image
 
 # Keras flow_from_directory's white list, plus the formats Pillow decodes as often.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
-TFDS_DATASETS = ("cifar10", "cats_vs_dogs")
+TFDS_DATASETS = ("cifar10", "cats_vs_dogs", "imagenet2012")
+# tfds datasets whose own 'validation' split is the validation set (validation_split does not apply).
+TFDS_WITH_VALIDATION = ("imagenet2012",)
+# tfds datasets stored as JPEG bytes that cnnjax decodes itself, only for the images it keeps (limit_per_class
+# then skips the others undecoded) and straight to the target size.
+_TFDS_SKIP_DECODING = ("imagenet2012",)
+# Manually downloaded datasets: where tfds looks for the files (tfds's manual_dir) and which files.
+_TFDS_MANUAL = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org)"}
 FOLDER_PREFIX = "folder:"
 CELEB_A_PREFIX = "celeb_a:"  # then one of the 40 binary attributes, e.g. 'celeb_a:Smiling'
 CELEB_A_SPLITS = ("train", "validation", "test")
@@ -319,29 +326,65 @@ def _tfds_load(name: str, split: str, data_dir: Optional[str], **options):
     reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
     local = {"cifar10": "cifar10_jpeg", "cats_vs_dogs": "cats_vs_dogs"}.get(name)
     fallback = f", or use 'folder:PATH' with a local copy (e.g. shared/data/{local}/train.zip)" if local else ""
+    if name in _TFDS_MANUAL:
+      manual = os.path.join(data_dir or "~/tensorflow_datasets", "downloads", "manual")
+      raise ValueError(f"tfds could not load {name!r} from data_dir={data_dir!r} ({type(error).__name__}: "
+                       f"{reason[:300]}); put {_TFDS_MANUAL[name]} in {manual} and rerun (tfds prepares it "
+                       "once), or use 'folder:PATH' with one subfolder per class") from error
     raise ValueError(f"tfds could not load {name!r} from data_dir={data_dir!r} ({type(error).__name__}: {reason}); "
                      f"prepare it there with internet access{fallback}") from error
 
 
 def load_tfds(name: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
-              data_dir: Optional[str] = None) -> Decoded:
-  """The 'train' split of a tfds dataset (the only split cats_vs_dogs has; CIFAR-10's test split is not used)."""
+              data_dir: Optional[str] = None, split: str = "train") -> Decoded:
+  """A split of a tfds dataset, 'train' by default (the only split cats_vs_dogs has; CIFAR-10's test split is not
+  used; imagenet2012's 'validation' is its validation set). Reading stops once every class has limit_per_class
+  images; images that fail to decode (imagenet2012 holds a few CMYK and PNG files named .JPEG: Pillow reads
+  those) are skipped and counted."""
   import tensorflow_datasets as tfds
 
-  dataset, info = _tfds_load(name, "train", data_dir)
+  skip_decoding = name in _TFDS_SKIP_DECODING
+  dataset, info = _tfds_load(name, split, data_dir,
+                             **({"decoders": {"image": tfds.decode.SkipDecoding()}} if skip_decoding else {}))
   class_names = list(info.features["label"].names)
-  images, labels = [], []
+  try:
+    capacity = info.splits[split].num_examples
+  except KeyError:  # no split metadata (tfds mock data): grown as needed below
+    capacity = 4096
+  if limit_per_class is not None:
+    capacity = min(capacity, limit_per_class * len(class_names))
+  # Filled in place: a list of arrays stacked at the end would need twice the memory of the dataset.
+  images = np.zeros((capacity, image_size, image_size, channels), np.uint8)
+  labels = np.zeros(capacity, np.int32)
   counts = np.zeros(len(class_names), int)
+  kept = skipped = 0
   for example in tfds.as_numpy(dataset):
     label = int(example["label"])
     if limit_per_class is not None and counts[label] >= limit_per_class:
+      if counts.min() >= limit_per_class:
+        break
       continue
+    if kept == capacity:  # more examples than expected: double the arrays
+      capacity = max(1, 2 * capacity)
+      images = np.concatenate([images, np.zeros((capacity - len(images), *images.shape[1:]), np.uint8)])
+      labels = np.concatenate([labels, np.zeros(capacity - len(labels), np.int32)])
+    if skip_decoding:
+      array = _decode_bytes(example["image"], image_size, channels)
+      if array is None:
+        skipped += 1
+        continue
+    else:
+      pixels = example["image"]
+      array = to_array(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels), image_size, channels)
+    images[kept], labels[kept] = array, label
     counts[label] += 1
-    pixels = example["image"]
-    images.append(to_array(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels),
-                           image_size, channels))
-    labels.append(label)
-  return Decoded(np.stack(images), np.array(labels, np.int32), class_names, skipped=0)
+    kept += 1
+  if kept == 0:
+    raise ValueError(f"tfds {name!r} split {split!r} in data_dir={data_dir!r} has no usable image; prepare the "
+                     "dataset again")
+  if skipped:
+    log.warning("skipped %d images of tfds %s %s that failed to decode", skipped, name, split)
+  return Decoded(images[:kept], labels[:kept], class_names, skipped=skipped)
 
 
 def celeb_a_class_names(attribute: str) -> List[str]:

@@ -46,13 +46,14 @@ def _model_and_data_fields(config: ml_collections.ConfigDict) -> None:
   config.image_size = 32
   config.channels = 3
 
-  # Data: 'cifar10', 'cats_vs_dogs' (tfds), 'celeb_a:ATTRIBUTE' (tfds celeb_a faces labelled by one binary
-  # attribute, e.g. 'celeb_a:Smiling', with its own validation and test splits) or 'folder:PATH' (a directory or
-  # .zip, one subfolder per class).
+  # Data: 'cifar10', 'cats_vs_dogs' (tfds), 'imagenet2012' (tfds, from the tars in DATA_DIR/downloads/manual,
+  # with its own validation split), 'celeb_a:ATTRIBUTE' (tfds celeb_a faces labelled by one binary attribute, e.g.
+  # 'celeb_a:Smiling', with its own validation and test splits) or 'folder:PATH' (a directory or .zip, one
+  # subfolder per class).
   config.dataset = "cifar10"
   config.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default
   config.limit_per_class = config_dict.placeholder(int)  # use only the first N images of each class
-  config.validation_split = 0.1  # a fixed, stratified share of the training split (not used by celeb_a)
+  config.validation_split = 0.1  # a fixed, stratified share of the training split (not used by celeb_a, imagenet2012)
   # rescale | mean_std | caffe | tf | torch (cnnjax.data.preprocess); auto: the pretrained source's
   # convention (cnnjax.pretrained.preprocessing_for), else rescale. Saved runs record the concrete mode.
   config.preprocess = "auto"
@@ -73,6 +74,9 @@ def _optimisation_fields(config: ml_collections.ConfigDict) -> None:
   config.momentum = 0.9  # sgd only; 0 = plain SGD
   config.nesterov = False
   config.weight_decay = 0.0
+  # What weight_decay decays: 'all' parameters, or only the 'kernels' (parameters of 2+ dimensions: conv and dense
+  # kernels, not biases or BatchNorm scales and offsets), as flax's examples/imagenet does.
+  config.weight_decay_params = "all"
   config.grad_clip_norm = 0.0  # 0 = no clipping
   config.label_smoothing = 0.0
   config.schedule = "constant"  # constant | piecewise | inverse_time | warmup_cosine | onecycle
@@ -179,6 +183,9 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
 def _check_choices(config: ml_collections.ConfigDict) -> None:
   if config.optimizer not in optim.OPTIMIZERS:
     _fail(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(optim.OPTIMIZERS)}")
+  if config.weight_decay_params not in optim.WEIGHT_DECAY_PARAMS:
+    _fail(f"unknown config.weight_decay_params {config.weight_decay_params!r}; choose one of "
+          f"{', '.join(optim.WEIGHT_DECAY_PARAMS)}")
   if config.schedule not in optim.SCHEDULES:
     _fail(f"unknown schedule {config.schedule!r}; choose one of {', '.join(optim.SCHEDULES)}")
   if config.schedule == "piecewise" and not all(
@@ -301,7 +308,12 @@ def changed_fields(saved: Dict, current: Dict) -> List[str]:
 
 
 def check_resumable(saved: Dict, current: Dict) -> None:
-  """A rerun on an existing workdir may only continue the same run (or extend num_epochs)."""
+  """A rerun on an existing workdir may only continue the same run (or extend num_epochs).
+
+  A field added to the config after the run was saved counts as its default there: new fields default to what
+  the code did before them."""
+  defaults = default_config().to_dict()
+  saved = {**{key: value for key, value in defaults.items() if key not in saved}, **saved}
   changed = [key for key in changed_fields(saved, current) if key not in RESUMABLE_CHANGES]
   if changed:
     _fail(f"the workdir holds a run with a different config (changed: {', '.join(changed)}); "

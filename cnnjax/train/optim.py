@@ -21,6 +21,7 @@ from cnnjax.models import introspect
 
 SCHEDULES = ("constant", "piecewise", "inverse_time", "warmup_cosine", "onecycle")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+WEIGHT_DECAY_PARAMS = ("all", "kernels")
 
 
 def create_schedule(config: ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -60,13 +61,25 @@ def create_schedule(config: ConfigDict, steps_per_epoch: int) -> optax.Schedule:
   raise ValueError(f"unknown schedule {config.schedule!r}; choose one of {SCHEDULES}")
 
 
+def decay_mask(config: ConfigDict):
+  """optax's `mask` for weight decay: None (every parameter) or, for weight_decay_params='kernels', a function
+  of the params marking those of 2+ dimensions (conv and dense kernels; not biases, BatchNorm scales/offsets)."""
+  which = config.get("weight_decay_params", "all")  # configs saved before the field decayed everything
+  if which == "all":
+    return None
+  if which == "kernels":
+    return lambda params: jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+  raise ValueError(f"unknown weight_decay_params {which!r}; choose one of {WEIGHT_DECAY_PARAMS}")
+
+
 def create_optimizer(config: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
   """optax optimizer with Keras's default hyper-parameters, plus weight decay and gradient clipping."""
   name = config.optimizer
+  mask = decay_mask(config)
   if name == "adam":
     optimizer = optax.adam(schedule, eps=1e-7)  # Keras's epsilon
   elif name == "adamw":
-    optimizer = optax.adamw(schedule, eps=1e-7, weight_decay=config.weight_decay)
+    optimizer = optax.adamw(schedule, eps=1e-7, weight_decay=config.weight_decay, mask=mask)
   elif name == "sgd":
     optimizer = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
   elif name == "rmsprop":
@@ -77,8 +90,9 @@ def create_optimizer(config: ConfigDict, schedule: optax.Schedule) -> optax.Grad
   if config.grad_clip_norm:
     transforms.append(optax.clip_by_global_norm(config.grad_clip_norm))
   if config.weight_decay and name != "adamw":
-    # L2 added to the gradient before the optimizer, as kernel_regularizer-style decay does.
-    transforms.append(optax.add_decayed_weights(config.weight_decay))
+    # L2 added to the gradient before the optimizer, as kernel_regularizer-style decay does (flax's imagenet
+    # example adds weight_decay / 2 * |kernels|^2 to the loss: the same gradient, with weight_decay_params='kernels').
+    transforms.append(optax.add_decayed_weights(config.weight_decay, mask=mask))
   transforms.append(optimizer)
   chained = optax.chain(*transforms)
   if config.nonfinite == "skip":

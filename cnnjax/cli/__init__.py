@@ -1,0 +1,45 @@
+"""The command-line programs: `cnnjax.cli.train` (train.py, console script `cnnjax-train`) and `cnnjax.cli.explain`
+(explain.py, `cnnjax-explain`).
+
+Each module defines its absl flags when it is imported, in absl's global FLAGS: import only the one you run (this
+package imports neither). `run()` is the entry point; train.py and explain.py at the top of the checkout call it, and
+so do the console scripts `pip install` makes, so both take the same flags.
+"""
+import os
+import sys
+from typing import Optional
+
+from absl import flags
+
+
+def main_module_flags(module_name: str, doc: Optional[str]) -> None:
+  """Makes the flags `module_name` defines the main module's, so `--helpshort` lists them.
+
+  absl's `--helpshort` shows the key flags of the module named by sys.argv[0] ('train.py', or the console script's
+  path), and a flag is key to the module that defined it; when the flags are defined in a library module, the main
+  module has none until they are registered for it here. `doc` becomes the usage text `--help` starts with where
+  the main module has none (a console script's generated `__main__`).
+  """
+  for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  main = sys.modules.get("__main__")
+  if main is not None and not getattr(main, "__doc__", None) and doc:
+    main.__doc__ = doc
+
+
+def config_import_root(path: str) -> Optional[str]:
+  """The folder to put on sys.path so that the config file at `path` can import its sibling configs: the parent
+  of the outermost package folder (one with __init__.py) holding the file; None when it is not in a package.
+  `path` may carry config_flags' ':ARGUMENT' suffix."""
+  if not os.path.isfile(path) and ":" in path:
+    path = path.rsplit(":", 1)[0]
+  if not os.path.isfile(path):
+    return None  # config_flags reports the missing file
+  folder = os.path.dirname(os.path.abspath(path))
+  root = None
+  while os.path.isfile(os.path.join(folder, "__init__.py")):
+    root = os.path.dirname(folder)
+    if root == folder:
+      break
+    folder = root
+  return root
