@@ -95,7 +95,6 @@ def resnet20_cases(torch_model, model, variables, images, targets):
           "FeatureAblation", torch_model, x, targets, feature_mask=feature_mask, perturbations_per_eval=PEER_BATCH)),
       "kernel_shap (64 features, 200 samples)": (explain.kernel_shap, {"feature_mask": grid, "samples": 200},
                                                  _kernel_shap(torch_model, x, targets, feature_mask, 200)),
-      "rise (4000 masks)": (explain.rise, {}, None),
   }
 
 
@@ -124,10 +123,9 @@ def section_resnet20(args, rows):
     call, compiles[name], forwards[name] = _cnnjax(function, model, variables, jnp.asarray(images),
                                                    jnp.asarray(targets), **options)
     calls[(name, "cnnjax")] = call
-    if peer is not None:
-      calls[(name, "peer")] = peer
+    calls[(name, "peer")] = peer
   timed = common.interleave(calls, repeats=args.repeats, target_seconds=args.target, log=print)
-  for name, (_, _, peer) in cases.items():
+  for name in cases:
     ours, theirs = timed[(name, "cnnjax")], timed.get((name, "peer"), {})
     rows.append({"model": "resnet20", "batch": 32, "method": name, "cnnjax s": ours.get("median_s"),
                  "peer s": theirs.get("median_s"), "speed-up": common.ratio(theirs.get("median_s"),

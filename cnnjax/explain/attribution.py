@@ -46,7 +46,8 @@ def _noise_tunnel(explainer, variables, images, targets, noise, seed, array_opti
   def evaluate(indices):
     noisy = _noisy(images, keys, indices, noise)
     flat = noisy.reshape(-1, *images.shape[1:])
-    out = explainer(features.unwrap_model(model), variables, flat, targets.tile(len(indices)), **array_options, **dict(static_options))
+    out = explainer(features.unwrap_model(model), variables, flat, targets.tile(len(indices)), **array_options,
+                    **dict(static_options))
     out = out.reshape(len(indices), batch, *out.shape[1:]).astype(jnp.float32)
     return jnp.sum(out, axis=0), jnp.sum(out * out, axis=0)
 
@@ -72,7 +73,7 @@ def noise_tunnel(explainer: Callable, model, variables, images, targets, *, samp
       image gets the same noise alone as inside a batch.
     kind: 'smoothgrad' (mean of the explanations), 'smoothgrad_sq' (mean of their squares) or 'vargrad'
       (their variance).
-    samples_per_call: noisy copies of the batch per model call (memory bound); default about 32 images per call.
+    samples_per_call: noisy copies of the batch per model call (memory bound); default: sampling.CHUNK_BYTES.
   Returns:
     The explainer's output shape. With noise=0.0, 'smoothgrad' equals the explainer itself.
   """
@@ -92,7 +93,7 @@ def noise_tunnel(explainer: Callable, model, variables, images, targets, *, samp
     hash(static)
   except TypeError:
     raise ValueError(f"explainer options must be arrays or hashable values; got {dict(static)}") from None
-  chunk = sampling.check_chunk_size(samples_per_call, images.shape[0], int(samples), "noisy copies")
+  chunk = sampling.check_chunk_size(samples_per_call, model, images, int(samples), "noisy copies")
   return _noise_tunnel(explainer, variables, images, targets, jnp.float32(noise), jnp.uint32(seed), arrays,
                        samples=int(samples), kind=kind, chunk=chunk, static_options=static,
                        model=features.static_model(model))
@@ -160,7 +161,7 @@ def integrated_gradients(model, variables, images, targets, *, baseline=None, st
 
   Completeness: the attributions of an image sum to score(image) - score(baseline), up to the error of the
   `steps`-point midpoint rule. baseline: an array broadcastable to the images, or a scalar. chunk_size: path
-  points per model call (memory bound; default about 32 images per call). return_delta: also return the
+  points per model call (memory bound; default: sampling.CHUNK_BYTES). return_delta: also return the
   completeness gap, sum(attributions) - (score(image) - score(baseline)), per image (captum's delta).
   Returns attributions, or (attributions, delta (B,)) — (B, K, ...) and (B, K) for (B, K) targets.
   """
@@ -168,7 +169,7 @@ def integrated_gradients(model, variables, images, targets, *, baseline=None, st
   targets = targets_lib.check_targets(model, images, targets)
   if int(steps) < 1:
     raise ValueError(f"steps must be a positive number of integration points; got {steps}")
-  chunk = sampling.check_chunk_size(chunk_size, images.shape[0], int(steps), "path points")
+  chunk = sampling.check_chunk_size(chunk_size, model, images, int(steps), "path points")
   return _integrated_gradients(features.static_model(model), variables, images, targets,
                                check_baseline(baseline, images), int(steps), chunk, bool(return_delta))
 
@@ -220,6 +221,6 @@ def gradient_shap(model, variables, images, targets, *, baselines=None, samples:
   if baselines.shape[1:] != images.shape[1:]:
     raise ValueError(f"baselines must be (N, H, W, C) images of the inputs' size {tuple(images.shape[1:])}; got "
                      f"shape {tuple(baselines.shape)}")
-  chunk = sampling.check_chunk_size(chunk_size, images.shape[0], int(samples), "draws")
+  chunk = sampling.check_chunk_size(chunk_size, model, images, int(samples), "draws")
   return _gradient_shap(features.static_model(model), variables, images, targets, baselines, jnp.float32(noise),
                         jnp.uint32(seed), int(samples), chunk)

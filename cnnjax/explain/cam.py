@@ -331,11 +331,11 @@ def _prepare(model, images, targets, layer):
   return features.static_model(model), images, targets, resolve_layers(model, images.shape[1:], layer)
 
 
-def _chunks(chunk_size, images, layers):
-  """Channels per model call at each layer: `chunk_size`, or about `sampling.IMAGES_PER_CALL` images per call."""
+def _chunks(chunk_size, model, images, layers):
+  """Channels per model call at each layer: `chunk_size`, or as many as fit `sampling.CHUNK_BYTES`."""
   if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))):
     raise ValueError(f"chunk_size must be a positive int, channels per model call (or None); got {chunk_size!r}")
-  return tuple(sampling.check_chunk_size(chunk_size, images.shape[0], info.shape[-1], "channels")
+  return tuple(sampling.check_chunk_size(chunk_size, model, images, info.shape[-1], "channels")
                for info in layers)
 
 
@@ -415,9 +415,9 @@ def scorecam(model, variables, images, targets, *, layer: LayerArg = None,
   ScoreCAM. Costs one forward pass per channel and image; K targets share them.
 
   chunk_size: channels per model call, each masking the whole batch (chunk_size x B images per call); default
-  about 32 images per call."""
+  as many as fit sampling.CHUNK_BYTES (2 GiB) of activations."""
   model, images, targets, layers = _prepare(model, images, targets, layer)
-  chunks = _chunks(chunk_size, images, layers)
+  chunks = _chunks(chunk_size, model, images, layers)
   return _cam(model, variables, images, targets, layers, "score", (("chunks", chunks),))
 
 
@@ -430,9 +430,9 @@ def ablationcam(model, variables, images, targets, *, layer: LayerArg = None,
   further 1e7 for each earlier channel in its batch; here every channel gets the same). The network below the
   layer runs once per model call and only the part above it once per channel; K targets share those passes.
 
-  chunk_size: channels ablated per model call (each over the whole batch); default about 32 images per call."""
+  chunk_size: channels ablated per model call (each over the whole batch); default: sampling.CHUNK_BYTES."""
   model, images, targets, layers = _prepare(model, images, targets, layer)
-  chunks = _chunks(chunk_size, images, layers)
+  chunks = _chunks(chunk_size, model, images, layers)
   return _cam(model, variables, images, targets, layers, "ablation", (("chunks", chunks),))
 
 

@@ -93,7 +93,8 @@ def default_cam_layer(infos: Sequence[LayerInfo]) -> LayerInfo:
   return (informative or spatial)[-1]
 
 
-def probe_gradients(model, variables, images, targets: targets_lib.Targets, layer: LayerInfo, modifier: Optional[str] = None):
+def probe_gradients(model, variables, images, targets: targets_lib.Targets, layer: LayerInfo,
+                    modifier: Optional[str] = None):
   """(A (B, h, w, c), d score_k / dA (B, K, h, w, c)) for the layer's output A, from one forward pass.
 
   The gradient is taken with respect to a zero probe added to A (`introspect.capture_outputs`), never with

@@ -112,28 +112,6 @@ def deletion_insertion(model, variables, images, targets, maps, *, steps: int = 
 
 # --- what the perturbation metrics share ---------------------------------------------------------------------
 
-def per_sample(evaluate: Callable, samples: int, chunk_size: int):
-  """Every sample's results, `chunk_size` samples per call of `evaluate`, for the metrics that correlate or maximise
-  over the samples (where `sampling.chunked_sum` keeps only their sum).
-
-  Args:
-    evaluate: (n,) int32 sample indices -> a pytree of arrays with a leading axis of n.
-    samples: how many samples in all; chunk_size: samples per call of `evaluate` (the memory bound).
-  Returns:
-    The pytree with a leading axis of `samples`. Full chunks run in a `lax.map` (compiled once); a remainder runs
-    as one more call.
-  """
-  full, remainder = divmod(samples, chunk_size)
-  parts = []
-  if full:
-    stacked = jax.lax.map(lambda start: evaluate(start + jnp.arange(chunk_size, dtype=jnp.int32)),
-                          chunk_size * jnp.arange(full, dtype=jnp.int32))
-    parts.append(jax.tree_util.tree_map(lambda a: a.reshape(full * chunk_size, *a.shape[2:]), stacked))
-  if remainder:
-    parts.append(evaluate(full * chunk_size + jnp.arange(remainder, dtype=jnp.int32)))
-  return jax.tree_util.tree_map(lambda *arrays: jnp.concatenate(arrays), *parts)
-
-
 def _draws(keys, indices, draw):
   """(n, B, ...): draw(key) for each of the sample `indices` (n,) of each image's key (`sampling.sample_keys`)."""
   return jax.vmap(jax.vmap(draw))(sampling.sample_keys(keys, indices))
@@ -220,7 +198,7 @@ def _mufidelity(model, variables, images, targets, pixel_attributions, baseline,
     drops = base - _copy_scores(model, variables, jnp.where(removed[..., None], baseline, images), targets)
     return drops, jnp.sum(jnp.where(removed, pixel_attributions, 0), axis=(2, 3))
 
-  drops, sums = per_sample(evaluate, samples, chunk)
+  drops, sums = sampling.chunked_stack(evaluate, samples, chunk)
   return rank_correlation(drops.T, sums.T)
 
 
@@ -239,7 +217,7 @@ def mufidelity(model, variables, images, targets, attributions, *, grid_size: Op
       fraction of the image.
     baseline: the value S is set to: a scalar, an (H, W, C) image or a (B, H, W, C) batch (xplique's baseline_mode).
     samples: subsets per image (xplique's nb_samples). seed: with each image's pixels, keys its subsets.
-    chunk_size: subsets per model call (the memory bound; default about 32 images per call).
+    chunk_size: subsets per model call (the memory bound; default: sampling.CHUNK_BYTES).
   Returns:
     (B,) correlations in [-1, 1], higher is more faithful; 0 where the drops or the sums do not vary. The score is
     the one the explainers explain, the target's logit (or the target function's value), as xplique's default
@@ -255,7 +233,7 @@ def mufidelity(model, variables, images, targets, attributions, *, grid_size: Op
   if not 0 < subset_percent < 1:
     raise ValueError(f"subset_percent must be a fraction of the image in (0, 1); got {subset_percent}")
   samples = _check_samples(samples, 2, "subsets per image (a correlation needs two)")
-  chunk = sampling.check_chunk_size(chunk_size, images.shape[0], samples, "subsets")
+  chunk = sampling.check_chunk_size(chunk_size, model, images, samples, "subsets")
   grid = tuple(size) if grid_size is None else tuple(min(int(grid_size), side) for side in size)
   return _mufidelity(features.static_model(model), variables, images, targets, jnp.sum(attributions, axis=-1),
                      attribution.check_baseline(baseline, images), jnp.float32(subset_percent), jnp.uint32(seed),
@@ -276,7 +254,7 @@ def _infidelity(model, variables, images, targets, attributions, noise, seed, no
     drops = base - _copy_scores(model, variables, images - perturbations, targets)
     return jnp.sum(attributions * perturbations / divisors, axis=(2, 3, 4)), drops
 
-  products, drops = per_sample(evaluate, samples, chunk)  # (samples, B): I . phi(x) and f(x) - f(x - I)
+  products, drops = sampling.chunked_stack(evaluate, samples, chunk)  # (samples, B): I . phi(x) and f(x) - f(x - I)
   squares = jnp.sum(products * products, axis=0)
   beta = jnp.sum(products * drops, axis=0) / jnp.where(squares == 0, 1, squares)  # the least-squares scale
   return jnp.mean((jnp.where(normalize, beta, 1) * products - drops) ** 2, axis=0)
@@ -302,7 +280,7 @@ def infidelity(model, variables, images, targets, attributions, *, samples: int 
     seed: with each image's pixels, keys its perturbations (`normal_perturbations` draws the same ones).
     normalize: scale the attributions by the least-squares beta = E[I.phi (f(x) - f(x - I))] / E[(I.phi)^2] first
       (captum's normalize, the paper's scale-invariant infidelity).
-    chunk_size: perturbations per model call (the memory bound; default about 32 images per call).
+    chunk_size: perturbations per model call (the memory bound; default: sampling.CHUNK_BYTES).
   Returns:
     (B,) non-negative infidelities, lower is more faithful: 0 for the gradient of a linear score.
   """
@@ -312,7 +290,7 @@ def infidelity(model, variables, images, targets, attributions, *, samples: int 
   samples = _check_samples(samples, 1, "perturbation per image")
   if not noise > 0:
     raise ValueError(f"noise must be a positive standard deviation in the images' units; got {noise}")
-  chunk = sampling.check_chunk_size(chunk_size, images.shape[0], samples, "perturbations")
+  chunk = sampling.check_chunk_size(chunk_size, model, images, samples, "perturbations")
   return _infidelity(features.static_model(model), variables, images, targets, attributions, jnp.float32(noise),
                      jnp.uint32(seed), jnp.bool_(normalize), jnp.bool_(multiply_by_inputs), samples=samples,
                      chunk=chunk)
@@ -339,7 +317,7 @@ def _sensitivity_max(explainer, variables, images, targets, radius, seed, array_
     moved = explain(copies.reshape(-1, *images.shape[1:]), targets.tile(len(indices)))
     return jnp.linalg.norm(moved.reshape(len(indices), *original.shape) - original, axis=2) / norms
 
-  return jnp.max(per_sample(evaluate, samples, chunk), axis=0)
+  return jnp.max(sampling.chunked_stack(evaluate, samples, chunk), axis=0)
 
 
 def sensitivity_max(explainer: Callable, model, variables, images, targets, *, samples: int = 10,
@@ -357,7 +335,7 @@ def sensitivity_max(explainer: Callable, model, variables, images, targets, *, s
     samples: perturbations per image (captum's n_perturb_samples). radius: the L-infinity radius, in the images'
       units (captum's perturb_radius). seed: with each image's pixels, keys its perturbations
       (`uniform_perturbations` draws the same ones).
-    samples_per_call: perturbed copies of the batch per explainer call (the memory bound; default about 32 images
+    samples_per_call: perturbed copies of the batch per explainer call (the memory bound; default: sampling.CHUNK_BYTES
       per call).
   Returns:
     (B,) non-negative sensitivities, lower is more robust: 0 for saliency on a linear model.
@@ -375,7 +353,7 @@ def sensitivity_max(explainer: Callable, model, variables, images, targets, *, s
     hash(static)
   except TypeError:
     raise ValueError(f"explainer options must be arrays or hashable values; got {dict(static)}") from None
-  chunk = sampling.check_chunk_size(samples_per_call, images.shape[0], samples, "perturbations")
+  chunk = sampling.check_chunk_size(samples_per_call, model, images, samples, "perturbations")
   return _sensitivity_max(explainer, variables, images, targets, jnp.float32(radius), jnp.uint32(seed), arrays,
                           model=features.static_model(model), samples=samples, chunk=chunk, static_options=static)
 
@@ -475,7 +453,7 @@ def _road(model, variables, images, targets, maps, percentiles, noise, seed, *, 
     imputed = _noisy_imputation(flat(copies), flat(removed), flat(noises)).reshape(copies.shape)
     return _copy_scores(model, variables, imputed, targets, probabilities=True) - base
 
-  changes = per_sample(evaluate, count, chunk)  # (orders x percentiles, B)
+  changes = sampling.chunked_stack(evaluate, count, chunk)  # (orders x percentiles, B)
   return changes.T.reshape(images.shape[0], len(signs), percentiles.shape[0])
 
 
@@ -499,7 +477,7 @@ def road(model, variables, images, targets, maps, *, percentiles=(10, 20, 30, 40
       higher is more faithful).
     noise: the imputation noise's standard deviation, in the images' units (pytorch-grad-cam's 0.01). seed: with
       each image's pixels, keys it.
-    chunk_size: imputed copies of the batch per model call (the memory bound; default about 32 images per call).
+    chunk_size: imputed copies of the batch per model call (the memory bound; default: sampling.CHUNK_BYTES).
   Returns:
     {'road': (B,) the score of `order`, the mean over the percentiles; 'most_curve', 'least_curve': (B, P)
     probability after minus before imputation per percentile, for the orders computed}. A target function is
@@ -517,7 +495,7 @@ def road(model, variables, images, targets, maps, *, percentiles=(10, 20, 30, 40
   if not noise >= 0:
     raise ValueError(f"noise must be a non-negative standard deviation in the images' units; got {noise}")
   names = ("most", "least") if order == "combined" else (order,)
-  chunk = sampling.check_chunk_size(chunk_size, images.shape[0], len(names) * percentiles.size, "imputed copies")
+  chunk = sampling.check_chunk_size(chunk_size, model, images, len(names) * percentiles.size, "imputed copies")
   changes = _road(features.static_model(model), variables, images, targets, maps, jnp.asarray(percentiles),
                   jnp.float32(noise), jnp.uint32(seed), signs=tuple(ROAD_SIGNS[name] for name in names),
                   chunk=chunk)

@@ -41,16 +41,7 @@ def _perturbed_scores(model, variables, targets, perturb, count: int, chunk: int
   def evaluate(indices):
     return _scores(model, variables, targets, perturb(indices))
 
-  full, remainder = divmod(count, chunk)
-  parts = []
-  if full:  # one compiled body for all full chunks, as sampling.chunked_sum
-    def body(carry, start):
-      return carry, evaluate(start + jnp.arange(chunk, dtype=jnp.int32))
-    _, stacked = jax.lax.scan(body, None, chunk * jnp.arange(full, dtype=jnp.int32))
-    parts.append(stacked.reshape(full * chunk, *stacked.shape[2:]))
-  if remainder:
-    parts.append(evaluate(full * chunk + jnp.arange(remainder, dtype=jnp.int32)))
-  return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+  return sampling.chunked_stack(evaluate, count, chunk)
 
 
 def _unperturbed_scores(model, variables, images, targets):
@@ -162,7 +153,7 @@ def occlusion(model, variables, images, targets, *, window, strides=1, baseline=
     strides: (sh, sw) or an int, the step between window positions; at most the window, so every pixel is
       covered. Windows start at 0 and step until one reaches the far edge; the last is cut off there.
     baseline: what occluded pixels become: a scalar, an (H, W, C) image or a (B, H, W, C) batch.
-    chunk_size: window positions per model call (each a copy of the batch); default about 32 images per call.
+    chunk_size: window positions per model call (each a copy of the batch); default: sampling.CHUNK_BYTES.
   Returns:
     (B, H, W, C) attributions, equal across channels ((B, K, H, W, C) for (B, K) targets): score(x) minus
     score(x occluded), averaged over the windows that cover the pixel.
@@ -178,7 +169,7 @@ def occlusion(model, variables, images, targets, *, window, strides=1, baseline=
     raise ValueError(f"strides {strides} must be at most the window {window} so that every pixel is occluded; "
                      "use smaller strides")
   positions = math.prod(math.ceil((d - w) / s) + 1 for d, w, s in zip(size, window, strides))
-  chunk = sampling.check_chunk_size(chunk_size, images.shape[0], positions, "window positions")
+  chunk = sampling.check_chunk_size(chunk_size, model, images, positions, "window positions")
   return _occlusion(features.static_model(model), variables, images, targets, baseline, window, strides, chunk)
 
 
@@ -206,14 +197,14 @@ def feature_ablation(model, variables, images, targets, *, feature_mask, baselin
     feature_mask: (H, W) integer feature id per pixel, shared by the batch: a grid (`grid_mask`), superpixels or
       any labelling; ids need not be contiguous.
     baseline: a scalar, an (H, W, C) image or a (B, H, W, C) batch.
-    chunk_size: features ablated per model call (each a copy of the batch); default about 32 images per call.
+    chunk_size: features ablated per model call (each a copy of the batch); default: sampling.CHUNK_BYTES.
   Returns:
     (B, H, W, C) attributions, constant over each feature and across channels ((B, K, H, W, C) for (B, K)
     targets): score(x) - score(x with the feature ablated).
   """
   images, targets, baseline = _check_common(model, images, targets, baseline)
   feature_index, count = _check_feature_mask(feature_mask, images)
-  chunk = sampling.check_chunk_size(chunk_size, images.shape[0], count, "features")
+  chunk = sampling.check_chunk_size(chunk_size, model, images, count, "features")
   return _feature_ablation(features.static_model(model), variables, images, targets, baseline,
                            jnp.asarray(feature_index), count, chunk)
 
@@ -280,7 +271,7 @@ def kernel_shap(model, variables, images, targets, *, feature_mask, samples: Opt
       library's choice for M features). More samples, less noise.
     baseline: a scalar, an (H, W, C) image or a (B, H, W, C) batch.
     seed: with each image's pixels, keys its coalitions (an image gets the same alone as inside a batch).
-    chunk_size: coalitions per model call (each a copy of the batch); default about 32 images per call.
+    chunk_size: coalitions per model call (each a copy of the batch); default: sampling.CHUNK_BYTES.
   Returns:
     (B, H, W, C) values, constant over each feature and across channels ((B, K, H, W, C) for (B, K) targets);
     a feature's values sum, over features, to score(x) - score(baseline) up to the 1e6 endpoint weight.
@@ -294,7 +285,7 @@ def kernel_shap(model, variables, images, targets, *, feature_mask, samples: Opt
   if not _is_count(samples) or samples < 2:
     raise ValueError(f"samples must be an int of at least 2 coalitions (the full and the empty one, then random "
                      f"ones); got {samples!r}")
-  chunk = sampling.check_chunk_size(chunk_size, images.shape[0], int(samples), "coalitions")
+  chunk = sampling.check_chunk_size(chunk_size, model, images, int(samples), "coalitions")
   return _kernel_shap(features.static_model(model), variables, images, targets, baseline,
                       jnp.asarray(feature_index), jnp.uint32(seed), count, int(samples), chunk)
 
@@ -359,7 +350,7 @@ def rise(model, variables, images, targets, *, masks: int = 4000, cells: int = 7
     masks: N, random masks per image. cells: s, the masks' s x s grid of random cells (each kept with
       `probability` p), upsampled bilinearly to (s + 1) ceil(H / s) pixels and shifted by up to one cell.
     seed: with each image's pixels, keys its masks (an image gets the same masks alone as inside a batch).
-    chunk_size: masks per model call (each a copy of the batch); default about 32 images per call. Masks are
+    chunk_size: masks per model call (each a copy of the batch); default: sampling.CHUNK_BYTES. Masks are
       generated per chunk, so memory does not grow with `masks`.
   Returns:
     (B, H, W) saliency ((B, K, H, W) for (B, K) targets), in units of the score. The paper scores the softmax
@@ -375,6 +366,6 @@ def rise(model, variables, images, targets, *, masks: int = 4000, cells: int = 7
                      f"size; got {cells!r}")
   if not 0 < probability <= 1:
     raise ValueError(f"probability must be in (0, 1], the chance a grid cell is kept; got {probability!r}")
-  chunk = sampling.check_chunk_size(chunk_size, images.shape[0], int(masks), "masks")
+  chunk = sampling.check_chunk_size(chunk_size, model, images, int(masks), "masks")
   return _rise(features.static_model(model), variables, images, targets, jnp.float32(probability),
                jnp.uint32(seed), int(masks), int(cells), chunk)
