@@ -42,8 +42,16 @@ def check_chunk_size(chunk_size: Optional[int], model, images, samples: int, wha
 _UNROLLED_ON_CPU = 32
 
 
-def _unroll(iterations: int) -> bool:
-  return jax.default_backend() == "cpu" and iterations <= _UNROLLED_ON_CPU
+def _scan(body, carry, starts):
+  """`lax.scan(body, carry, starts)`, as straight-line code on CPU up to _UNROLLED_ON_CPU steps (`unroll=True` is
+  no help there: a scan of length 1 still compiles to a while loop)."""
+  if jax.default_backend() != "cpu" or len(starts) > _UNROLLED_ON_CPU:
+    return jax.lax.scan(body, carry, starts)
+  outputs = []
+  for start in starts:
+    carry, output = body(carry, start)
+    outputs.append(output)
+  return carry, jax.tree_util.tree_map(lambda *parts: jnp.stack(parts), *outputs)
 
 
 def chunked_sum(evaluate: Callable, samples: int, chunk_size: int):
@@ -65,7 +73,7 @@ def chunked_sum(evaluate: Callable, samples: int, chunk_size: int):
         part = evaluate(start + jnp.arange(chunk_size, dtype=jnp.int32))
         return jax.tree_util.tree_map(jnp.add, carry, part), None
       starts = chunk_size * jnp.arange(1, full, dtype=jnp.int32)
-      first, _ = jax.lax.scan(body, first, starts, unroll=_unroll(full - 1))
+      first, _ = _scan(body, first, starts)
     total = first
   if remainder:
     rest = evaluate(full * chunk_size + jnp.arange(remainder, dtype=jnp.int32))
@@ -89,7 +97,7 @@ def chunked_stack(evaluate: Callable, samples: int, chunk_size: int):
   if full:
     def body(carry, start):
       return carry, evaluate(start + jnp.arange(chunk_size, dtype=jnp.int32))
-    _, stacked = jax.lax.scan(body, None, chunk_size * jnp.arange(full, dtype=jnp.int32), unroll=_unroll(full))
+    _, stacked = _scan(body, None, chunk_size * jnp.arange(full, dtype=jnp.int32))
     parts.append(jax.tree_util.tree_map(lambda a: a.reshape(full * chunk_size, *a.shape[2:]), stacked))
   if remainder:
     parts.append(evaluate(full * chunk_size + jnp.arange(remainder, dtype=jnp.int32)))
