@@ -36,7 +36,9 @@ def cost(explainer: Callable, model, variables, images, targets, **options) -> D
   Returns:
     {"flops": FLOPs of the compiled call, "bytes": its arguments + outputs + temporaries, "forwards": flops over
     those of one plain inference forward pass of the same batch}; None where the backend gives no figure.
-    Grad-CAM reads about 1 forward, saliency about 3 (a forward and a backward through the whole network).
+    Grad-CAM reads about 1 forward, saliency about 2-3 (a forward and a backward through the whole network).
+    XLA counts a loop's body once: chunks that run in a loop (more than 32 on CPU, any on GPU/TPU) are undercounted;
+    pass `chunk_size` covering every sample to read the full figure.
   """
   images = features.check_images(images)
   targets = targets_lib.check_targets(model, images, targets)
