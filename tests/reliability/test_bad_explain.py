@@ -56,6 +56,22 @@ EXPLAINERS = {
     "guided_gradcam": lambda m, v, x, t: explain.guided_gradcam(m, v, x, t),
     "smoothgrad": lambda m, v, x, t: explain.smoothgrad(m, v, x, t, samples=2),
     "integrated_gradients": lambda m, v, x, t: explain.integrated_gradients(m, v, x, t, steps=2),
+    "input_x_gradient": lambda m, v, x, t: explain.input_x_gradient(m, v, x, t),
+    "gradient_shap": lambda m, v, x, t: explain.gradient_shap(m, v, x, t, samples=2),
+    "noise_tunnel": lambda m, v, x, t: explain.noise_tunnel(explain.saliency, m, v, x, t, samples=2),
+    "scorecam": lambda m, v, x, t: explain.scorecam(m, v, x, t),
+    "ablationcam": lambda m, v, x, t: explain.ablationcam(m, v, x, t),
+    "layercam": lambda m, v, x, t: explain.layercam(m, v, x, t),
+    "xgradcam": lambda m, v, x, t: explain.xgradcam(m, v, x, t),
+    "eigencam": lambda m, v, x, t: explain.eigencam(m, v, x, t),
+    "hirescam": lambda m, v, x, t: explain.hirescam(m, v, x, t),
+    "occlusion": lambda m, v, x, t: explain.occlusion(m, v, x, t, window=4, strides=4),
+    "rise": lambda m, v, x, t: explain.rise(m, v, x, t, masks=4),
+    # The feature mask fits whatever images are given, so that the images' own error is the one raised.
+    "feature_ablation": lambda m, v, x, t: explain.feature_ablation(
+        m, v, x, t, feature_mask=explain.grid_mask(*x.shape[-3:-1], 8)),
+    "kernel_shap": lambda m, v, x, t: explain.kernel_shap(m, v, x, t, feature_mask=explain.grid_mask(
+        *x.shape[-3:-1], 8), samples=4),
     "deletion": lambda m, v, x, t: explain.deletion_insertion(m, v, x, t, jnp.ones(x.shape[:3]), steps=2),
     "randomization": lambda m, v, x, t: explain.randomization_check(m, v, x, t, method="saliency"),
     "activations": lambda m, v, x, t: explain.activations(m, v, x, ["conv2d_1"]),
@@ -75,7 +91,7 @@ BAD_INPUTS = {
     "a target out of range": (lambda: images(), [0, 3], None, ["target 3 is out of range; valid targets are 0..2"]),
     "a negative target": (lambda: images(), [-1, 0], None, ["target -1 is out of range"]),
     "float targets": (lambda: images(), [0.0, 1.0], None, ["targets must be integer class indices"]),
-    "too few targets": (lambda: images(), [0, 1, 2], None, ["one class index per image"]),
+    "too few targets": (lambda: images(), [0, 1, 2], None, ["one class per image"]),
 }
 # activations has no targets.
 TARGET_CASES = ("a target out of range", "a negative target", "float targets", "too few targets")
@@ -99,7 +115,7 @@ def test_every_explainer_rejects_bad_input_in_one_line(model_and_variables, othe
 
 
 @pytest.mark.parametrize("layer, fragment", [
-    (3, "layer must be a layer name (a str"),
+    (3, "layer must be a layer name"),
     ("block5_conv3", "unknown layer 'block5_conv3'; valid layers: conv2d"),
     ("dense", "not a (B, H, W, C) feature map; choose one of"),
 ])
