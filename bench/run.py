@@ -43,7 +43,9 @@ import torch.nn.functional as F  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 import common  # noqa: E402
+import peers  # noqa: E402  (tests/peers.py: the same weights in torch and cnnjax)
 import peers_torch  # noqa: E402
 import cnnjax  # noqa: E402
 from cnnjax import data as data_lib  # noqa: E402
@@ -196,26 +198,12 @@ def section_train(args, peak) -> list:
 # explain
 
 def load_same_weights(name: str, workdir: str):
-  """(torch model, cnnjax model, cnnjax variables) holding the same weights, moved with cnnjax.pretrained."""
+  """(torch model, cnnjax model, cnnjax variables) holding the same weights, moved with cnnjax.pretrained: the
+  shipped resnet20, or (no ResNet50 weights on disk) torchvision's seeded initialisation with randomised BatchNorm
+  statistics (values do not change the cost) — tests/peers.py, which the explainer tests compare on too."""
   if name == "resnet20":
-    path = SHARED / "weights" / "resnet_cifar" / "resnet20-12fca82f.th"
-    torch_model = peers_torch.resnet20()
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    missing, unexpected = torch_model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()},
-                                                      strict=False)
-    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
-  else:  # no ResNet50 weights on disk: torchvision's seeded initialisation, saved and imported (values do not
-    # change the cost; BN statistics are randomised so the activations are not trivially scaled)
-    torch.manual_seed(0)
-    torch_model = peers_torch.resnet50()
-    for module in torch_model.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.running_mean.uniform_(-0.1, 0.1)
-        module.running_var.uniform_(0.5, 1.5)
-    path = os.path.join(workdir, "resnet50.npz")
-    np.savez(path, **{k: v.numpy() for k, v in torch_model.state_dict().items()})
-  model, variables = pretrained.load(str(path))
-  return torch_model.eval(), model, variables
+    return peers.resnet20_pair(SHARED)
+  return peers.resnet50_pair(workdir)
 
 
 def torch_explainers(torch_model, layer_path: str, x: torch.Tensor, targets: list, size: int) -> dict:

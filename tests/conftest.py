@@ -58,3 +58,13 @@ def tiny_config(image_folder, **overrides):
   for key, value in overrides.items():
     config[key] = value
   return config
+
+
+def one_line_error(call, *fragments):
+  """Asserts `call()` raises a one-line ValueError holding every fragment."""
+  with pytest.raises(ValueError) as error:
+    call()
+  message = str(error.value)
+  assert "\n" not in message, message
+  for fragment in fragments:
+    assert fragment in message, message

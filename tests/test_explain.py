@@ -9,6 +9,7 @@ import pytest
 from cnnjax import explain
 from cnnjax.explain import cam as cam_lib
 from cnnjax.models import layers as L
+from conftest import one_line_error
 
 KEY = jax.random.PRNGKey(0)
 
@@ -159,11 +160,11 @@ def test_modifier_that_cannot_reach_a_models_relus_is_refused_in_one_line():
   targets = [0, 1]
   fragments = ("modifier='guided'", "PlainReluCNN", "jax.nn.relu and jax.nn.relu6 directly, 2 found",
                "modifier=None")
-  _one_line_error(lambda: explain.saliency(model, variables, images, targets, modifier="guided"), *fragments)
-  _one_line_error(lambda: explain.gradcam(model, variables, images, targets, layer="conv3", modifier="guided"),
+  one_line_error(lambda: explain.saliency(model, variables, images, targets, modifier="guided"), *fragments)
+  one_line_error(lambda: explain.gradcam(model, variables, images, targets, layer="conv3", modifier="guided"),
                   *fragments)
-  _one_line_error(lambda: explain.guided_gradcam(model, variables, images, targets, layer="conv3"), *fragments)
-  _one_line_error(lambda: explain.smoothgrad(model, variables, images, targets, samples=2, modifier="relu"),
+  one_line_error(lambda: explain.guided_gradcam(model, variables, images, targets, layer="conv3"), *fragments)
+  one_line_error(lambda: explain.smoothgrad(model, variables, images, targets, samples=2, modifier="relu"),
                   "modifier='relu'", "2 found")
 
 
@@ -345,28 +346,19 @@ def test_gradcam_is_normalised_to_unit_maximum():
 
 # --- errors -----------------------------------------------------------------------------------------
 
-def _one_line_error(call, *fragments):
-  with pytest.raises(ValueError) as error:
-    call()
-  message = str(error.value)
-  assert "\n" not in message
-  for fragment in fragments:
-    assert fragment in message, message
-
-
 def test_bad_inputs_give_one_line_errors_listing_choices():
   model, variables = _small_cnn()
   images = _images(2)
-  _one_line_error(lambda: explain.gradcam(model, variables, images, [0, 1], layer="block5_conv3"),
+  one_line_error(lambda: explain.gradcam(model, variables, images, [0, 1], layer="block5_conv3"),
                   "block5_conv3", "conv1", "relu1", "predictions")
-  _one_line_error(lambda: explain.gradcam(model, variables, images, [0, 3]), "3", "0..2")
-  _one_line_error(lambda: explain.saliency(model, variables, images, [-1, 0]), "-1", "0..2")
-  _one_line_error(lambda: explain.saliency(model, variables, images, [0, 1, 2]), "one class per image")
-  _one_line_error(lambda: explain.gradcam(model, variables, images, [0, 1], layer="gap"), "conv2")
-  _one_line_error(lambda: explain.saliency(model, variables, images[0], [0]), "(B, H, W, C)")
-  _one_line_error(lambda: explain.saliency(model, variables, images.astype(jnp.uint8), [0, 1]), "floating")
-  _one_line_error(lambda: explain.saliency(model, variables, images, [0, 1], modifier="deconv"), "guided")
-  _one_line_error(lambda: explain.activations(model, variables, images, ["nope"]), "conv2")
+  one_line_error(lambda: explain.gradcam(model, variables, images, [0, 3]), "3", "0..2")
+  one_line_error(lambda: explain.saliency(model, variables, images, [-1, 0]), "-1", "0..2")
+  one_line_error(lambda: explain.saliency(model, variables, images, [0, 1, 2]), "one class per image")
+  one_line_error(lambda: explain.gradcam(model, variables, images, [0, 1], layer="gap"), "conv2")
+  one_line_error(lambda: explain.saliency(model, variables, images[0], [0]), "(B, H, W, C)")
+  one_line_error(lambda: explain.saliency(model, variables, images.astype(jnp.uint8), [0, 1]), "floating")
+  one_line_error(lambda: explain.saliency(model, variables, images, [0, 1], modifier="deconv"), "guided")
+  one_line_error(lambda: explain.activations(model, variables, images, ["nope"]), "conv2")
 
 
 # --- cost: no parameter gradients, no backward below the layer ----------------------------------------
@@ -624,10 +616,10 @@ def test_maximize_filters_and_joint_classes_raise_their_objectives_without_retra
 
 def test_maximize_rejects_bad_units():
   model, variables = _small_cnn()
-  _one_line_error(lambda: explain.maximize_activation(model, variables, [3], input_shape=(8, 8, 3)), "0..2")
-  _one_line_error(lambda: explain.maximize_activation(model, variables, layer="conv2", filters=[6],
+  one_line_error(lambda: explain.maximize_activation(model, variables, [3], input_shape=(8, 8, 3)), "0..2")
+  one_line_error(lambda: explain.maximize_activation(model, variables, layer="conv2", filters=[6],
                                                       input_shape=(8, 8, 3)), "0..5")
-  _one_line_error(lambda: explain.maximize_activation(model, variables, [0], layer="conv2",
+  one_line_error(lambda: explain.maximize_activation(model, variables, [0], layer="conv2",
                                                       input_shape=(8, 8, 3)), "filters")
 
 

@@ -13,6 +13,7 @@ import pytest
 from cnnjax import explain
 from cnnjax.explain import cam
 from cnnjax.models import layers as L
+from conftest import one_line_error
 
 KEY = jax.random.PRNGKey(0)
 
@@ -273,34 +274,25 @@ def test_fused_gradient_cam_costs_one_forward_pass():
   assert str(jaxpr).count("conv_general_dilated") == 6, jaxpr
 
 
-def _one_line_error(call, *fragments):
-  with pytest.raises(ValueError) as error:
-    call()
-  message = str(error.value)
-  assert "\n" not in message
-  for fragment in fragments:
-    assert fragment in message, message
-
-
 def test_bad_inputs_give_one_line_errors():
   model, variables, images = _setup(TwoConvNet(), _images(2))
   targets = np.array([0, 1])
   for explainer in CAMS.values():
-    _one_line_error(lambda: explainer(model, variables, images, targets, layer="block5_conv3"), "block5_conv3",
+    one_line_error(lambda: explainer(model, variables, images, targets, layer="block5_conv3"), "block5_conv3",
                     "conv1", "conv2")
-    _one_line_error(lambda: explainer(model, variables, images, targets, layer=["conv1", "nope"]), "nope")
-    _one_line_error(lambda: explainer(model, variables, images, targets, layer="gap"), "(B, H, W, C)", "conv2")
-    _one_line_error(lambda: explainer(model, variables, images, targets, layer=[]), "list of layer names")
-    _one_line_error(lambda: explainer(model, variables, images, targets, layer=["conv1", 2]), "list of layer names")
-    _one_line_error(lambda: explainer(model, variables, images, targets, layer=["conv2", "conv2"]), "'conv2'",
+    one_line_error(lambda: explainer(model, variables, images, targets, layer=["conv1", "nope"]), "nope")
+    one_line_error(lambda: explainer(model, variables, images, targets, layer="gap"), "(B, H, W, C)", "conv2")
+    one_line_error(lambda: explainer(model, variables, images, targets, layer=[]), "list of layer names")
+    one_line_error(lambda: explainer(model, variables, images, targets, layer=["conv1", 2]), "list of layer names")
+    one_line_error(lambda: explainer(model, variables, images, targets, layer=["conv2", "conv2"]), "'conv2'",
                     "once")
-    _one_line_error(lambda: explainer(model, variables, images, [0, 3]), "3", "0..2")
+    one_line_error(lambda: explainer(model, variables, images, [0, 3]), "3", "0..2")
   for explainer in (cam.scorecam, cam.ablationcam):
     for bad in (0, -2):
-      _one_line_error(lambda: explainer(model, variables, images, targets, chunk_size=bad), "chunk_size",
+      one_line_error(lambda: explainer(model, variables, images, targets, chunk_size=bad), "chunk_size",
                       "positive", "channels per model call", str(bad))
     for bad in (2.5, "4", True):
-      _one_line_error(lambda: explainer(model, variables, images, targets, chunk_size=bad), "chunk_size", "int")
+      one_line_error(lambda: explainer(model, variables, images, targets, chunk_size=bad), "chunk_size", "int")
 
 
 def test_constant_images_give_finite_maps_from_the_same_compiled_call():

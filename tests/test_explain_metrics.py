@@ -14,6 +14,7 @@ from PIL import Image
 from cnnjax import data, explain, pretrained
 from cnnjax.explain import metrics, sampling
 from cnnjax.models import layers as L
+from conftest import one_line_error
 
 
 class Linear(nn.Module):
@@ -39,15 +40,6 @@ def _setup(model, shape=(3, 6, 6, 2)):
 
 
 TARGETS = np.array([0, 2, 1])
-
-
-def _one_line_error(call, *fragments):
-  with pytest.raises(ValueError) as error:
-    call()
-  message = str(error.value)
-  assert "\n" not in message
-  for fragment in fragments:
-    assert fragment in message, message
 
 
 # --- hand-derived cases -------------------------------------------------------------------------------------
@@ -291,28 +283,28 @@ def test_bad_inputs_give_one_line_errors():
   model, variables, images = _setup(Linear())
   maps, attributions = jnp.ones(images.shape[:3]), jnp.ones(images.shape)
   fidelity = functools.partial(metrics.mufidelity, model, variables, images, TARGETS)
-  _one_line_error(lambda: fidelity(attributions, grid_size=0), "grid_size", "None")
-  _one_line_error(lambda: fidelity(attributions, subset_percent=1.5), "subset_percent")
-  _one_line_error(lambda: fidelity(attributions, samples=1), "samples", "two")
-  _one_line_error(lambda: fidelity(attributions[:, :3]), "attributions must be", "(3, 3, 6, 2)")
-  _one_line_error(lambda: fidelity(attributions, chunk_size=0), "chunk_size")
-  _one_line_error(lambda: metrics.mufidelity(model, variables, images, np.zeros((3, 2), int), attributions),
+  one_line_error(lambda: fidelity(attributions, grid_size=0), "grid_size", "None")
+  one_line_error(lambda: fidelity(attributions, subset_percent=1.5), "subset_percent")
+  one_line_error(lambda: fidelity(attributions, samples=1), "samples", "two")
+  one_line_error(lambda: fidelity(attributions[:, :3]), "attributions must be", "(3, 3, 6, 2)")
+  one_line_error(lambda: fidelity(attributions, chunk_size=0), "chunk_size")
+  one_line_error(lambda: metrics.mufidelity(model, variables, images, np.zeros((3, 2), int), attributions),
                   "one target per image")
-  _one_line_error(lambda: metrics.infidelity(model, variables, images, TARGETS, attributions, noise=0), "noise")
-  _one_line_error(lambda: metrics.infidelity(model, variables, images, [0, 5, 1], attributions), "out of range")
+  one_line_error(lambda: metrics.infidelity(model, variables, images, TARGETS, attributions, noise=0), "noise")
+  one_line_error(lambda: metrics.infidelity(model, variables, images, [0, 5, 1], attributions), "out of range")
   sensitivity = functools.partial(metrics.sensitivity_max, explain.saliency, model, variables, images, TARGETS)
-  _one_line_error(lambda: sensitivity(radius=0), "radius")
-  _one_line_error(lambda: sensitivity(samples=0), "samples")
-  _one_line_error(lambda: metrics.sensitivity_max("saliency", model, variables, images, TARGETS), "explainer")
+  one_line_error(lambda: sensitivity(radius=0), "radius")
+  one_line_error(lambda: sensitivity(samples=0), "samples")
+  one_line_error(lambda: metrics.sensitivity_max("saliency", model, variables, images, TARGETS), "explainer")
   road = functools.partial(metrics.road, model, variables, images, TARGETS)
-  _one_line_error(lambda: road(maps, order="middle"), "order", "combined")
-  _one_line_error(lambda: road(maps, percentiles=(50, 100)), "percentiles", "(0, 100)")
-  _one_line_error(lambda: road(maps, percentiles=()), "percentiles")
-  _one_line_error(lambda: road(maps[:, :2]), "maps must be")
-  _one_line_error(lambda: metrics.noisy_linear_imputation(images, maps[0]), "removed", "(3, 6, 6)")
+  one_line_error(lambda: road(maps, order="middle"), "order", "combined")
+  one_line_error(lambda: road(maps, percentiles=(50, 100)), "percentiles", "(0, 100)")
+  one_line_error(lambda: road(maps, percentiles=()), "percentiles")
+  one_line_error(lambda: road(maps[:, :2]), "maps must be")
+  one_line_error(lambda: metrics.noisy_linear_imputation(images, maps[0]), "removed", "(3, 6, 6)")
   check = functools.partial(explain.randomization_check, model, variables, images)
-  _one_line_error(lambda: check(TARGETS, method="saliency", test="bogus"), "random_logit")
-  _one_line_error(lambda: check(lambda logits: logits[:, 0], method="saliency", test="random_logit"),
+  one_line_error(lambda: check(TARGETS, method="saliency", test="bogus"), "random_logit")
+  one_line_error(lambda: check(lambda logits: logits[:, 0], method="saliency", test="random_logit"),
                   "class targets")
   cascade = check(TARGETS, method="saliency", test="cascade")  # the default test, by name
   assert [entry["layer"] for entry in cascade] == ["predictions"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cnnjax.explain import gradients, perturbation
+from conftest import one_line_error
 
 KEY = jax.random.PRNGKey(0)
 
@@ -223,40 +224,31 @@ def test_targets_chunks_and_batches_do_not_change_the_explanation(name):
                              atol=1e-5)
 
 
-def _one_line_error(call, *fragments):
-  with pytest.raises(ValueError) as error:
-    call()
-  message = str(error.value)
-  assert "\n" not in message, message
-  for fragment in fragments:
-    assert fragment in message, message
-
-
 def test_bad_inputs_give_one_line_errors():
   model = SmallCNN()
   images = _images(2, 8, 8)
   variables = _init(model, images)
   occlusion = lambda **k: perturbation.occlusion(model, variables, images, 0, **k)
-  _one_line_error(lambda: occlusion(window=(0, 2)), "window must be a positive int or a (height, width) pair")
-  _one_line_error(lambda: occlusion(window=(3, 2, 2)), "window must be", "(3, 2, 2)")
-  _one_line_error(lambda: occlusion(window=9), "larger than the images' (H, W) = (8, 8)")
-  _one_line_error(lambda: occlusion(window=3, strides=(4, 1)), "strides (4, 1) must be at most the window (3, 3)")
-  _one_line_error(lambda: occlusion(window=3, strides=1.5), "strides must be")
-  _one_line_error(lambda: occlusion(window=3, chunk_size=0), "chunk_size must be a positive number")
-  _one_line_error(lambda: occlusion(window=3, baseline=np.zeros((5, 3))), "baseline of shape (5, 3)")
+  one_line_error(lambda: occlusion(window=(0, 2)), "window must be a positive int or a (height, width) pair")
+  one_line_error(lambda: occlusion(window=(3, 2, 2)), "window must be", "(3, 2, 2)")
+  one_line_error(lambda: occlusion(window=9), "larger than the images' (H, W) = (8, 8)")
+  one_line_error(lambda: occlusion(window=3, strides=(4, 1)), "strides (4, 1) must be at most the window (3, 3)")
+  one_line_error(lambda: occlusion(window=3, strides=1.5), "strides must be")
+  one_line_error(lambda: occlusion(window=3, chunk_size=0), "chunk_size must be a positive number")
+  one_line_error(lambda: occlusion(window=3, baseline=np.zeros((5, 3))), "baseline of shape (5, 3)")
   ablation = lambda mask: perturbation.feature_ablation(model, variables, images, 0, feature_mask=mask)
-  _one_line_error(lambda: ablation(np.zeros((8, 7), int)), "feature_mask must be an (H, W) = (8, 8) integer",
+  one_line_error(lambda: ablation(np.zeros((8, 7), int)), "feature_mask must be an (H, W) = (8, 8) integer",
                   "grid_mask(8, 8, 8)", "got shape (8, 7)")
-  _one_line_error(lambda: ablation(np.zeros((8, 8))), "integer array", "dtype float64")
+  one_line_error(lambda: ablation(np.zeros((8, 8))), "integer array", "dtype float64")
   shap = lambda mask, **k: perturbation.kernel_shap(model, variables, images, 0, feature_mask=mask, **k)
-  _one_line_error(lambda: shap(np.zeros((8, 8), int)), "a single feature", "at least two features")
-  _one_line_error(lambda: shap(perturbation.grid_mask(8, 8, 4), samples=1), "samples must be an int of at least 2")
+  one_line_error(lambda: shap(np.zeros((8, 8), int)), "a single feature", "at least two features")
+  one_line_error(lambda: shap(perturbation.grid_mask(8, 8, 4), samples=1), "samples must be an int of at least 2")
   rise = lambda **k: perturbation.rise(model, variables, images, 0, **k)
-  _one_line_error(lambda: rise(masks=0), "masks must be a positive int")
-  _one_line_error(lambda: rise(cells=0), "cells must be an int from 1 to the image size 8")
-  _one_line_error(lambda: rise(probability=0.0), "probability must be in (0, 1]")
-  _one_line_error(lambda: perturbation.grid_mask(8, 8, 0), "cell must be a positive int")
-  _one_line_error(lambda: perturbation.occlusion(model, variables, images[0], 0, window=2), "(B, H, W, C) batch",
+  one_line_error(lambda: rise(masks=0), "masks must be a positive int")
+  one_line_error(lambda: rise(cells=0), "cells must be an int from 1 to the image size 8")
+  one_line_error(lambda: rise(probability=0.0), "probability must be in (0, 1]")
+  one_line_error(lambda: perturbation.grid_mask(8, 8, 0), "cell must be a positive int")
+  one_line_error(lambda: perturbation.occlusion(model, variables, images[0], 0, window=2), "(B, H, W, C) batch",
                   "images[None]")
 
 
