@@ -66,24 +66,27 @@ def _check_maps(maps, images) -> jax.Array:
   return maps.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "steps", "substrate", "blur_sigma"))
-def _deletion_insertion(model, variables, images, targets, maps, *, steps, substrate, blur_sigma):
+@functools.partial(jax.jit, static_argnames=("model", "steps", "substrate", "blur_sigma", "chunk"))
+def _deletion_insertion(model, variables, images, targets, maps, *, steps, substrate, blur_sigma, chunk):
   model = features.unwrap_model(model)
   ranks = pixel_ranks(maps)[..., None]
   pixels = maps.shape[1] * maps.shape[2]
   blurred = blur_images(images, blur_sigma)
   removed = blurred if substrate == "blur" else jnp.zeros_like(images)
 
-  def probabilities(count):
-    chosen = ranks < count  # the `count` most important pixels
-    deleted = jnp.where(chosen, removed, images)
-    inserted = jnp.where(chosen, images, blurred)
-    logits = features.apply_logits(model, variables, jnp.concatenate([deleted, inserted]))
-    both = targets.tile(2).scores(target_probabilities(logits, targets))[:, 0]
-    return both.reshape(2, -1)
-
   counts = jnp.round(jnp.arange(steps + 1) * pixels / steps).astype(jnp.int32)
-  curves = jax.lax.map(probabilities, counts)  # (steps + 1, 2, B): one batch through the model per step
+
+  def probabilities(indices):
+    """(n, 2, B) probabilities after deleting / inserting the counts[indices] most important pixels."""
+    chosen = ranks[None] < counts[indices][:, None, None, None, None]
+    deleted = jnp.where(chosen, removed[None], images[None])
+    inserted = jnp.where(chosen, images[None], blurred[None])
+    both = jnp.concatenate([deleted, inserted], axis=1).reshape(-1, *images.shape[1:])
+    logits = features.apply_logits(model, variables, both)
+    scores = targets.tile(2 * len(indices)).scores(target_probabilities(logits, targets))[:, 0]
+    return scores.reshape(len(indices), 2, -1)
+
+  curves = sampling.chunked_stack(probabilities, steps + 1, chunk)  # (steps + 1, 2, B)
   deletion, insertion = jnp.moveaxis(curves, 0, -1)
   return {"deletion": area_under_curve(deletion), "insertion": area_under_curve(insertion),
           "deletion_curve": deletion, "insertion_curve": insertion}
@@ -106,8 +109,10 @@ def deletion_insertion(model, variables, images, targets, maps, *, steps: int = 
     raise ValueError(f"unknown substrate {substrate!r}; choose one of {SUBSTRATES}")
   if int(steps) < 1 or blur_sigma <= 0:
     raise ValueError(f"need steps >= 1 and blur_sigma > 0; got steps={steps}, blur_sigma={blur_sigma}")
+  both = jax.ShapeDtypeStruct((2 * images.shape[0], *images.shape[1:]), images.dtype)  # deleted and inserted
+  chunk = sampling.check_chunk_size(None, model, both, int(steps) + 1, "steps")
   return _deletion_insertion(features.static_model(model), variables, images, targets, maps, steps=int(steps),
-                             substrate=substrate, blur_sigma=float(blur_sigma))
+                             substrate=substrate, blur_sigma=float(blur_sigma), chunk=chunk)
 
 
 # --- what the perturbation metrics share ---------------------------------------------------------------------
