@@ -133,3 +133,21 @@ def test_explain_py_with_imported_weights(shared_dir, tmp_path):
   assert (tmp_path / "both_explanations.png").stat().st_size > 1000
   with pytest.raises(ValueError, match="pass either --workdir RUN_DIR or --weights FILE"):
     report.load_source(workdir=None, weights=None)
+
+
+def test_every_registry_method_is_offered_by_name_or_as_all():
+  from cnnjax.explain import registry  # pylint: disable=import-outside-toplevel
+  listed = explain("--list_methods")
+  assert listed.returncode == 0, listed.stderr
+  assert [line.split()[0] for line in listed.stdout.splitlines()] == [*registry.METHODS, *report.OTHER_METHODS]
+  assert report.parse_methods("all,deletion") == [*registry.METHODS, "deletion"]
+  with pytest.raises(ValueError, match="unknown method.*lime.*or all"):
+    report.parse_methods("gradcam,lime")
+
+
+def test_explain_py_draws_new_methods(trained_run, image_folder, tmp_path):
+  out = tmp_path / "explain"
+  result = explain("--workdir", str(trained_run), "--images", str(image_folder / "red" / "0.png"), "--methods",
+                   "layercam,occlusion,input_x_gradient", "--out", str(out))
+  assert result.returncode == 0, result.stderr
+  assert (out / "0_explanations.png").is_file()
