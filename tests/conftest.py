@@ -61,10 +61,11 @@ def tiny_config(image_folder, **overrides):
 
 
 def one_line_error(call, *fragments):
-  """Asserts `call()` raises a one-line ValueError holding every fragment."""
+  """Asserts `call()` raises a one-line ValueError holding every fragment; returns the message."""
   with pytest.raises(ValueError) as error:
     call()
   message = str(error.value)
   assert "\n" not in message, message
   for fragment in fragments:
     assert fragment in message, message
+  return message

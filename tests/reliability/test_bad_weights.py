@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cnnjax import pretrained
+from conftest import one_line_error
 
 
 @pytest.fixture
@@ -29,16 +30,6 @@ def mobilenet(shared_dir):
 @pytest.fixture
 def keras_model(shared_dir):
   return shared_dir / "weights" / "keras_cifar10" / "andrewtzeva_cifar10_model.h5"
-
-
-def one_line_error(call, *fragments):
-  with pytest.raises(ValueError) as error:
-    call()
-  message = str(error.value)
-  assert "\n" not in message, message
-  for fragment in fragments:
-    assert fragment in message, message
-  return message
 
 
 class RunsCode:
