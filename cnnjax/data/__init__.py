@@ -5,10 +5,14 @@
   # inside the jitted step:
   images = augment(batch['images'].astype(jnp.float32), key, **dict(config.augment))
   images = preprocess(images, 'rescale')
+
+Datasets larger than `in_memory_limit_gb` load as StreamingSets (cnnjax.data.streaming), which `batches` and
+`head` take as they take ImageSets.
 """
 from cnnjax.data.augment import augment
-from cnnjax.data.pipeline import ImageSet, Splits, batches, load, num_batches
+from cnnjax.data.pipeline import ImageSet, Splits, batches, head, load, num_batches
 from cnnjax.data.preprocess import MODES, channel_mean_std, preprocess
+from cnnjax.data.streaming import StreamingSet
 
-__all__ = ["ImageSet", "MODES", "Splits", "augment", "batches", "channel_mean_std", "load", "num_batches",
-           "preprocess"]
+__all__ = ["ImageSet", "MODES", "Splits", "StreamingSet", "augment", "batches", "channel_mean_std", "head", "load",
+           "num_batches", "preprocess"]

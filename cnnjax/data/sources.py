@@ -25,7 +25,7 @@ import time
 import warnings
 import zipfile
 import zlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -85,8 +85,11 @@ def to_array(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
   return array[..., None] if channels == 1 else array
 
 
-def _decode_bytes(data: Optional[bytes], image_size: int, channels: int) -> Optional[np.ndarray]:
-  if data is None:  # unreadable, see _read_all
+def decode_bytes(data: Optional[bytes], image_size: int, channels: int,
+                 crop: Optional[Callable[[Image.Image], Image.Image]] = None) -> Optional[np.ndarray]:
+  """An encoded image as uint8 (image_size, image_size, channels), `crop` applied first (celeb_a's face_crop),
+  or None where it is unreadable (data None), corrupt, not an image or over PIL.Image.MAX_IMAGE_PIXELS pixels."""
+  if data is None:  # unreadable, see read_file
     return None
   try:
     with Image.open(io.BytesIO(data)) as image:
@@ -94,12 +97,12 @@ def _decode_bytes(data: Optional[bytes], image_size: int, channels: int) -> Opti
       if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
         return None
       image.load()
-      return to_array(image, image_size, channels)
+      return to_array(crop(image) if crop else image, image_size, channels)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
     return None  # PIL's errors for truncated, empty, unrecognised or oversized files
 
 
-def _read_file(path: str) -> Optional[bytes]:
+def read_file(path: str) -> Optional[bytes]:
   try:
     if os.stat(path).st_size > MAX_FILE_BYTES:
       return None
@@ -108,7 +111,7 @@ def _read_file(path: str) -> Optional[bytes]:
     return None
 
 
-def _read_entry(archive: zipfile.ZipFile, name: str) -> Optional[bytes]:
+def read_entry(archive: zipfile.ZipFile, name: str) -> Optional[bytes]:
   try:
     if archive.getinfo(name).file_size > MAX_FILE_BYTES:  # zipfile never inflates past the declared size
       return None
@@ -121,16 +124,16 @@ def _read_all(root: str, names: Sequence[str]) -> List[Optional[bytes]]:
   """The encoded files (None: unreadable), read once in this process: each ZipFile open re-parses the whole
   central directory."""
   if os.path.isdir(root):
-    return [_read_file(os.path.join(root, name)) for name in names]
+    return [read_file(os.path.join(root, name)) for name in names]
   with zipfile.ZipFile(root) as archive:
-    return [_read_entry(archive, name) for name in names]
+    return [read_entry(archive, name) for name in names]
 
 
 def _decode_range(encoded: Sequence[Optional[bytes]], start: int, stop: int, images: np.ndarray,
                   decoded: np.ndarray, image_size: int, channels: int) -> None:
   """Decodes encoded[start:stop] into the shared output arrays: no per-image copy of a big source is held."""
   for i in range(start, stop):
-    array = _decode_bytes(encoded[i], image_size, channels)
+    array = decode_bytes(encoded[i], image_size, channels)
     if array is not None:
       images[i], decoded[i] = array, True
 
@@ -147,7 +150,7 @@ def _decode_all(root: str, names: Sequence[str], image_size: int, channels: int)
   decoded = np.zeros(len(names), bool)
   workers = min(os.cpu_count() or 1, 8)
   with warnings.catch_warnings():
-    # _decode_bytes skips what Pillow would warn about. catch_warnings changes process-wide state and is not
+    # decode_bytes skips what Pillow would warn about. catch_warnings changes process-wide state and is not
     # thread-safe, so it is entered once here, around every worker, rather than per image.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     if len(names) < _MIN_FILES_FOR_THREADS or workers == 1:
@@ -270,14 +273,37 @@ def _write_cache(cache_file: str, decoded: Decoded) -> None:
     log.warning("could not write the decoded-image cache %s: %s", cache_file, error)
 
 
-def load_folder(path: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
-                cache_dir: Optional[str] = None) -> Decoded:
-  """Images of a Keras-layout directory or .zip. Cached under `cache_dir` ('' disables the cache)."""
+def _check_folder(path: str) -> bool:
+  """Whether `path` is a zip (else a directory); a one-line error if it is neither."""
   if not os.path.exists(path):
     raise ValueError(f"folder:{path} does not exist; give an existing directory or .zip of class subfolders")
   is_zip = os.path.isfile(path)
   if is_zip and not zipfile.is_zipfile(path):
     raise ValueError(f"folder:{path} is a file but not a zip; give a directory or a .zip of class subfolders")
+  return is_zip
+
+
+def _keep_first(files: List[str], labels: np.ndarray, num_classes: int, limit_per_class: Optional[int]):
+  """The first `limit_per_class` files of each class, in class order (all of them for None)."""
+  if limit_per_class is None:
+    return files, labels
+  keep = np.concatenate([np.flatnonzero(labels == c)[:limit_per_class] for c in range(num_classes)])
+  return [files[i] for i in keep], labels[keep]
+
+
+def list_folder(path: str, limit_per_class: Optional[int] = None) -> Tuple[List[str], np.ndarray, List[str]]:
+  """(image files relative to `path`, their int32 labels, the sorted class names) of a Keras-layout directory
+  or .zip, sorted by class then name: the order `load_folder` decodes them in."""
+  names = _zip_image_names(path) if _check_folder(path) else _folder_image_names(path)
+  files, labels, class_names = _labelled(names, f"folder:{path}")
+  files, labels = _keep_first(files, labels, len(class_names), limit_per_class)
+  return files, labels, class_names
+
+
+def load_folder(path: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
+                cache_dir: Optional[str] = None) -> Decoded:
+  """Images of a Keras-layout directory or .zip. Cached under `cache_dir` ('' disables the cache)."""
+  is_zip = _check_folder(path)
   # A zip's own stat identifies its content, so a cached zip is read without listing its 50,000 entries.
   names = None if is_zip else _folder_image_names(path)
   cache_dir = default_cache_dir() if cache_dir is None else cache_dir
@@ -300,9 +326,7 @@ def load_folder(path: str, *, image_size: int, channels: int, limit_per_class: O
 
 def _decode_folder(path, names, image_size, channels, limit_per_class) -> Decoded:
   files, labels, class_names = _labelled(names, f"folder:{path}")
-  if limit_per_class is not None:
-    keep = np.concatenate([np.flatnonzero(labels == c)[:limit_per_class] for c in range(len(class_names))])
-    files, labels = [files[i] for i in keep], labels[keep]
+  files, labels = _keep_first(files, labels, len(class_names), limit_per_class)
   started = time.perf_counter()
   images, decoded = _decode_all(path, files, image_size, channels)
   log.info("decoded %d images from %s in %.1f s", len(files), path, time.perf_counter() - started)
@@ -333,6 +357,52 @@ def _tfds_load(name: str, split: str, data_dir: Optional[str], **options):
                        "once), or use 'folder:PATH' with one subfolder per class") from error
     raise ValueError(f"tfds could not load {name!r} from data_dir={data_dir!r} ({type(error).__name__}: {reason}); "
                      f"prepare it there with internet access{fallback}") from error
+
+
+# Examples per split as the tfds catalog lists them: the size estimate (`tfds_num_examples`) of a dataset not
+# prepared yet, whose own metadata tfds only writes when it prepares it.
+TFDS_NUM_EXAMPLES = {("cifar10", "train"): 50_000, ("cats_vs_dogs", "train"): 23_262,
+                     ("imagenet2012", "train"): 1_281_167, ("imagenet2012", "validation"): 50_000,
+                     ("celeb_a", "train"): 162_770, ("celeb_a", "validation"): 19_867, ("celeb_a", "test"): 19_962}
+
+
+def tfds_num_examples(name: str, split: str, data_dir: Optional[str]) -> int:
+  """Examples in a split: from the prepared dataset's metadata, else the catalog's count (TFDS_NUM_EXAMPLES)."""
+  import tensorflow_datasets as tfds
+
+  try:
+    return int(tfds.builder(name, data_dir=data_dir).info.splits[split].num_examples)
+  except Exception:  # not prepared (no split metadata yet), or a name tfds does not know: the catalog's count
+    return TFDS_NUM_EXAMPLES.get((name, split), 0)
+
+
+def tfds_class_names(name: str, data_dir: Optional[str]) -> List[str]:
+  """The class names of a tfds dataset's 'label' feature, in label order."""
+  import tensorflow_datasets as tfds
+
+  return list(tfds.builder(name, data_dir=data_dir).info.features["label"].names)
+
+
+def tfds_data_source(name: str, split: str, data_dir: Optional[str]):
+  """tfds's random-access source of a split (array_record files; prepared that way on first use), images left
+  encoded, or a one-line ValueError saying how to get one."""
+  import tensorflow_datasets as tfds
+
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, decoders={"image": tfds.decode.SkipDecoding()},
+                            builder_kwargs={"file_format": "array_record"})
+  except Exception as error:  # tfds fails in many ways (tfrecord files, offline, manual files missing)
+    reason = " ".join(str(error).split())[:300] or type(error).__name__
+    if name in _TFDS_MANUAL:
+      manual = os.path.join(data_dir or "~/tensorflow_datasets", "downloads", "manual")
+      raise ValueError(f"tfds could not open {name!r} from data_dir={data_dir!r} for streaming "
+                       f"({type(error).__name__}: {reason}); put {_TFDS_MANUAL[name]} in {manual} and rerun (tfds "
+                       "prepares it once, as array_record files), or use 'folder:PATH' with one subfolder per "
+                       "class") from error
+    raise ValueError(f"tfds could not open {name!r} split {split!r} in data_dir={data_dir!r} for streaming "
+                     f"({type(error).__name__}: {reason}); streaming reads tfds's array_record files: prepare them "
+                     f"with `tfds build {name} --file_format=array_record --data_dir=DATA_DIR`, or raise "
+                     "config.in_memory_limit_gb to decode the dataset into memory") from error
 
 
 def load_tfds(name: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
@@ -369,7 +439,7 @@ def load_tfds(name: str, *, image_size: int, channels: int, limit_per_class: Opt
       images = np.concatenate([images, np.zeros((capacity - len(images), *images.shape[1:]), np.uint8)])
       labels = np.concatenate([labels, np.zeros(capacity - len(labels), np.int32)])
     if skip_decoding:
-      array = _decode_bytes(example["image"], image_size, channels)
+      array = decode_bytes(example["image"], image_size, channels)
       if array is None:
         skipped += 1
         continue
@@ -400,6 +470,16 @@ def face_crop(image: Image.Image, side: int = CELEB_A_FACE_CROP) -> Image.Image:
   return image.crop((left, top, left + side, top + side))
 
 
+def check_celeb_a_attribute(attribute: str, data_dir: Optional[str]) -> None:
+  """A one-line error unless `attribute` is one of celeb_a's 40 binary attributes."""
+  import tensorflow_datasets as tfds
+
+  attributes = sorted(tfds.builder("celeb_a", data_dir=data_dir).info.features["attributes"].keys())
+  if attribute not in attributes:
+    raise ValueError(f"celeb_a has no attribute {attribute!r}; use 'celeb_a:ATTRIBUTE' with one of "
+                     f"{', '.join(attributes)}")
+
+
 def load_celeb_a(attribute: str, *, image_size: int, channels: int, limit_per_class: Optional[int] = None,
                  data_dir: Optional[str] = None) -> Dict[str, Decoded]:
   """celeb_a's train, validation and test splits, faces cropped (`face_crop`) and resized to `image_size`,
@@ -410,10 +490,7 @@ def load_celeb_a(attribute: str, *, image_size: int, channels: int, limit_per_cl
   """
   import tensorflow_datasets as tfds
 
-  attributes = sorted(tfds.builder("celeb_a", data_dir=data_dir).info.features["attributes"].keys())
-  if attribute not in attributes:
-    raise ValueError(f"celeb_a has no attribute {attribute!r}; use 'celeb_a:ATTRIBUTE' with one of "
-                     f"{', '.join(attributes)}")
+  check_celeb_a_attribute(attribute, data_dir)
   class_names = celeb_a_class_names(attribute)
   decoded = {}
   for split in CELEB_A_SPLITS:

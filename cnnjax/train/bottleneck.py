@@ -88,6 +88,10 @@ def feature_splits(config: ml_collections.ConfigDict, workdir: str, model: nn.Mo
     images = getattr(splits, name)
     if images is None or not len(images):
       return None
+    if not isinstance(images, data_lib.ImageSet):
+      raise ValueError(f"config.bottleneck caches the features of every image in memory, but the dataset is "
+                       "streamed (its decoded images exceed config.in_memory_limit_gb); raise "
+                       "config.in_memory_limit_gb or set config.limit_per_class")
     cache = os.path.join(workdir, "bottleneck", f"{name}_{layer}.npy")
     return data_lib.ImageSet(extract(images.images, cache_path=cache), images.labels)
 

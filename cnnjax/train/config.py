@@ -54,6 +54,9 @@ def _model_and_data_fields(config: ml_collections.ConfigDict) -> None:
   config.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default
   config.limit_per_class = config_dict.placeholder(int)  # use only the first N images of each class
   config.validation_split = 0.1  # a fixed, stratified share of the training split (not used by celeb_a, imagenet2012)
+  # Datasets whose decoded uint8 images (all splits) would exceed this many GB (10^9 bytes) are streamed: read and
+  # decoded on threads while training (cnnjax.data.streaming, grain) instead of held in memory; 0 = always stream.
+  config.in_memory_limit_gb = 2.0
   # rescale | mean_std | caffe | tf | torch (cnnjax.data.preprocess); auto: the pretrained source's
   # convention (cnnjax.pretrained.preprocessing_for), else rescale. Saved runs record the concrete mode.
   config.preprocess = "auto"
@@ -158,7 +161,8 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
               "keep_checkpoints"):
     if config[key] <= 0:
       _fail(f"config.{key} must be positive, got {config[key]}")
-  for key in ("checkpoint_every_steps", "seed", "weight_decay", "grad_clip_norm", "momentum", "warmup_epochs"):
+  for key in ("checkpoint_every_steps", "seed", "weight_decay", "grad_clip_norm", "momentum", "warmup_epochs",
+              "in_memory_limit_gb"):
     if config[key] < 0:
       _fail(f"config.{key} must be >= 0, got {config[key]}")
   if config.channels not in (1, 3):

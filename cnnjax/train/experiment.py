@@ -102,10 +102,11 @@ def augment_settings(config) -> Optional[Dict]:
 
 
 def load_splits(config: ml_collections.ConfigDict) -> data_lib.Splits:
-  """The config's dataset, decoded and split; its class count must match the model's."""
+  """The config's dataset, decoded and split (streamed where it exceeds config.in_memory_limit_gb); its class count
+  must match the model's."""
   splits = data_lib.load(config.dataset, image_size=config.image_size, channels=config.channels,
                          validation_split=config.validation_split, seed=config.seed, data_dir=config.data_dir,
-                         limit_per_class=config.limit_per_class)
+                         limit_per_class=config.limit_per_class, in_memory_limit_gb=config.in_memory_limit_gb)
   if len(splits.class_names) != config.num_classes:
     raise ValueError(f"the dataset has {len(splits.class_names)} classes ({', '.join(splits.class_names[:10])}"
                      f"{', ...' if len(splits.class_names) > 10 else ''}) but config.num_classes="

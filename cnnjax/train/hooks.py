@@ -22,15 +22,18 @@ class Progress:
   sums: Dict[str, float]
   count: int
   started: float  # time.time() at which the current epoch would have started, had it run uninterrupted
+  # Where a streamed training set's readers were at the checkpoint (loop.TrainBatches.state); None otherwise.
+  input: Optional[Dict] = None
 
   @classmethod
   def from_record(cls, record: Optional[Dict]) -> "Progress":
     """From a checkpoint's record; 'partial' is where checkpoints written before the step-indexed loop kept the
-    sums of an interrupted epoch (its epoch and batch are implied by the step)."""
+    sums of an interrupted epoch (its epoch and batch are implied by the step); records without 'input' (in-memory
+    runs, checkpoints from before streaming) place the data by the step alone."""
     record = record or {}
     running = record.get("epoch_metrics") or record.get("partial") or {}
     return cls(list(record.get("history", [])), dict(running.get("sums", {})), int(running.get("count", 0)),
-               time.time() - float(running.get("seconds", 0.0)))
+               time.time() - float(running.get("seconds", 0.0)), record.get("input"))
 
   def to_record(self) -> Dict:
     return {"history": self.history,
@@ -148,11 +151,12 @@ class Evaluation(EpochEnd):
 class Checkpointing(runner.Hook):
   """The latest checkpoint (and the best) at each epoch end, after `evaluation`; mid-epoch every `every` steps
   and when a stop is requested, with the epoch's running sums, so a resumed epoch reports what an uninterrupted
-  one would have."""
+  one would have, and `input_state()` (a streamed input's reader positions, or None) under 'input'."""
 
   def __init__(self, checkpoints, progress: Progress, evaluation: Evaluation, *, every: int,
-               stop: runner.StopRequests):
+               stop: runner.StopRequests, input_state: Callable[[], Optional[Dict]] = lambda: None):
     self.checkpoints, self.progress, self.evaluation, self.every, self.stop = checkpoints, progress, evaluation, every, stop
+    self.input_state = input_state
 
   def due(self, done: int) -> bool:
     return (self.evaluation.due(done) or self.stop.requested is not None
@@ -160,8 +164,13 @@ class Checkpointing(runner.Hook):
 
   def after_step(self, done: int, state) -> None:
     epoch_end = self.evaluation.due(done)
-    self.checkpoints.save(state, self.progress.to_record() if not epoch_end else {"history": self.progress.history},
-                          is_best=epoch_end and self.evaluation.is_best)
+    record = {"history": self.progress.history}
+    if not epoch_end:  # the next epoch starts at its first batch: only a checkpoint inside one needs more
+      record = self.progress.to_record()
+      input_state = self.input_state()
+      if input_state is not None:
+        record["input"] = input_state
+    self.checkpoints.save(state, record, is_best=epoch_end and self.evaluation.is_best)
 
 
 class Report(EpochEnd):

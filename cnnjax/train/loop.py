@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from cnnjax import data as data_lib
 from cnnjax import explain
@@ -126,12 +127,47 @@ def jitted_steps(config, task: experiment.Task, replicated, batch_sharding):
   return train_step, eval_step
 
 
-def train_batches(config, images: data_lib.ImageSet, batch_sharding, epoch: int, start_batch: int):
-  """The global batches of a training epoch from `start_batch` on, each process feeding its own share."""
-  for batch in data_lib.batches(images, batch_size=config.batch_size, seed=config.seed, epoch=epoch, shuffle=True,
-                                start_batch=start_batch, process_index=jax.process_index(),
-                                process_count=jax.process_count()):
-    yield sharding.global_batch(batch, batch_sharding)
+class TrainBatches:
+  """`runner.run`'s batches(epoch, start_batch): the global batches of a training epoch from `start_batch` on,
+  each process feeding its own share.
+
+  For a streamed training set, `state()` is where every process's reader is ({'epoch', 'batch', 'positions': one
+  per process}; past undecodable files a reader is further into its share than the batch alone says), saved
+  with mid-epoch checkpoints; `resume` (such a state) puts the readers back there.
+  """
+
+  def __init__(self, config, images: data_lib.pipeline.Images, batch_sharding, resume: Optional[Dict] = None):
+    self.config, self.images, self.batch_sharding, self.resume = config, images, batch_sharding, resume
+    self.reader = None
+
+  def _position(self, epoch: int, start_batch: int) -> Optional[int]:
+    """This process's saved reader position at (epoch, start_batch), if the resumed checkpoint was saved there."""
+    if not self.resume or (self.resume["epoch"], self.resume["batch"]) != (epoch, start_batch):
+      return None
+    positions = self.resume["positions"]
+    if len(positions) == jax.process_count():
+      return int(positions[jax.process_index()])
+    if all(position == start_batch * (self.config.batch_size // len(positions)) for position in positions):
+      return None  # nothing was skipped: the batch alone places every process's reader
+    raise ValueError(f"the checkpoint's streamed input was saved by {len(positions)} processes past skipped "
+                     f"files; resume it with {len(positions)} processes")
+
+  def __call__(self, epoch: int, start_batch: int):
+    self.reader = data_lib.batches(self.images, batch_size=self.config.batch_size, seed=self.config.seed,
+                                   epoch=epoch, shuffle=True, start_batch=start_batch,
+                                   process_index=jax.process_index(), process_count=jax.process_count(),
+                                   position=self._position(epoch, start_batch))
+    self.epoch = epoch
+    return (sharding.global_batch(batch, self.batch_sharding) for batch in self.reader)
+
+  def state(self) -> Optional[Dict]:
+    """Where the streamed readers are (a collective over processes), None for in-memory sets."""
+    if not isinstance(self.reader, data_lib.streaming.TrainReader):
+      return None
+    positions = [self.reader.position]
+    if jax.process_count() > 1:
+      positions = multihost_utils.process_allgather(np.asarray(self.reader.position, np.int64)).tolist()
+    return {"epoch": self.epoch, "batch": self.reader.batch, "positions": positions}
 
 
 def _validation(splits: data_lib.Splits) -> Optional[data_lib.ImageSet]:
@@ -167,10 +203,11 @@ def _gradcam_overlays(model, images, preprocess: Dict) -> Callable[[Dict], np.nd
   return overlays
 
 
-def _hooks(config, workdir: str, task: experiment.Task, progress, checkpoints, writer, stop, validate, probe, is_writer):
+def _hooks(config, workdir: str, task: experiment.Task, progress, checkpoints, writer, stop, validate, probe,
+           input_state, is_writer):
   validation = _validation(task.splits)
-  explained = (validation if validation is not None else task.splits.train).images[
-      :config.tensorboard_explain_images]
+  explained = data_lib.head(validation if validation is not None else task.splits.train,
+                            config.tensorboard_explain_images).images
   overlays = (_gradcam_overlays(task.model, explained, task.preprocess)
               if task.overlays and len(explained) else None)
   spe = task.steps_per_epoch
@@ -179,7 +216,8 @@ def _hooks(config, workdir: str, task: experiment.Task, progress, checkpoints, w
   evaluate = hooks_lib.Evaluation(progress, spe, schedule=task.schedule, monitor=config.early_stopping.monitor,
                                   validate=validate, probe=probe)
   return [metrics, evaluate,
-          hooks_lib.Checkpointing(checkpoints, progress, evaluate, every=config.checkpoint_every_steps, stop=stop),
+          hooks_lib.Checkpointing(checkpoints, progress, evaluate, every=config.checkpoint_every_steps, stop=stop,
+                                  input_state=input_state),
           hooks_lib.Report(progress, spe, workdir=workdir, writer=writer, num_epochs=config.num_epochs,
                            overlays=overlays, is_writer=is_writer),
           hooks_lib.EarlyStopping(progress, config.early_stopping.monitor, config.early_stopping.patience), stop]
@@ -201,7 +239,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, task: experiment.Task, 
                                            batch_size=config.eval_batch_size, batch_sharding=batch_sharding)
   splits = task.splits
   validation = _validation(splits)
-  probe = data_lib.ImageSet(splits.train.images[:config.eval_batch_size], splits.train.labels[:config.eval_batch_size])
+  probe = data_lib.head(splits.train, config.eval_batch_size)
 
   from clu import metric_writers  # imports TensorFlow (seconds): only runs that train need it
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
@@ -209,10 +247,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str, task: experiment.Task, 
   if start == 0:
     # clu flattens nested fields to dotted names ('augment.rotation'); class names are data, not settings.
     writer.write_hparams({k: v for k, v in config.to_dict().items() if k not in config_lib.DERIVED_FIELDS})
-  batches = functools.partial(train_batches, config, splits.train, batch_sharding)
+  batches = TrainBatches(config, splits.train, batch_sharding, resume=progress.input)
   with runner.StopRequests() as stop:
     hooks = _hooks(config, workdir, task, progress, checkpoints, writer, stop,
-                   score(validation) if validation is not None else None, score(probe), is_writer)
+                   score(validation) if validation is not None else None, score(probe), batches.state, is_writer)
     state, reason = runner.run(state, train_step, batches, steps_per_epoch=task.steps_per_epoch,
                                num_steps=config.num_epochs * task.steps_per_epoch, hooks=hooks)
   if reason:

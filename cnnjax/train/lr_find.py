@@ -11,7 +11,6 @@ It runs on the training loop (`runner.run`) with the exponential schedule and a 
 stops the sweep. It is not a training run: it writes only `lr_find.json` and `lr_find.png` into the workdir, never a
 checkpoint or config.json, and takes no workdir lock, so it can run beside (or before) a run on that workdir.
 """
-import functools
 import json
 import math
 import os
@@ -118,7 +117,7 @@ def _sweep(config: ml_collections.ConfigDict, steps: int, schedule) -> RangeTest
   state = jax.device_put(step_lib.create_train_state(model, task.tx, task.input_shape, config.seed), replicated)
   train_step, _ = loop.jitted_steps(config, task, replicated, batch_sharding)
   test = RangeTest(steps, show=jax.process_index() == 0)
-  runner.run(state, train_step, functools.partial(loop.train_batches, config, splits.train, batch_sharding),
+  runner.run(state, train_step, loop.TrainBatches(config, splits.train, batch_sharding),
              steps_per_epoch=task.steps_per_epoch, num_steps=steps, hooks=[test])
   test.bar.close()
   return test
