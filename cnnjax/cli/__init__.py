@@ -43,3 +43,24 @@ def config_import_root(path: str) -> Optional[str]:
       break
     folder = root
   return root
+
+
+def define_distributed_flags(what: str) -> None:
+  """Defines --distributed and the three flags that set jax.distributed.initialize() up by hand.
+
+  Args:
+    what: the help's prefix naming what runs over many hosts (e.g. '--dataset: ').
+  """
+  flags.DEFINE_bool("distributed", False, f"{what}call jax.distributed.initialize() first (multi-host). Without the "
+                    "three flags below it detects them from the cluster (Cloud TPU, SLURM, ...).")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed by hand.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed by hand.")
+  flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes), for --distributed by hand.")
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize() where --distributed asks for it; call it before anything starts JAX's backends."""
+  if flags.FLAGS.distributed:
+    import jax  # pylint: disable=import-outside-toplevel
+
+    jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)

@@ -9,6 +9,8 @@
   python explain.py --weights ../shared/weights/mobilenet/mobilenet_2_5_224_tf.h5 --images a.jpg --target "tiger cat"
   python explain.py --serve --workdir RUN            # prints http://127.0.0.1:PORT/; --images to offer photos
   python explain.py --list_methods                   # every explainer --methods accepts (or --methods all)
+  python explain.py --workdir RUN --dataset folder:data/train.zip --methods saliency,gradcam --out DIR
+      # every image: DIR/METHOD.zarr, images.txt, metrics.jsonl, summary.json, summary.png; rerun resumes
 
 Loads the best checkpoint and the config of a train.py workdir (or a weight file through cnnjax.pretrained.load,
 with ImageNet class names for 1000-class models), preprocesses the images as that model was trained, prints the
@@ -44,6 +46,17 @@ flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/explain; ./
 flags.DEFINE_bool("serve", False, "Serve the explanation web page instead of writing figures.")
 flags.DEFINE_string("host", "127.0.0.1", "Address the page is served on (--serve).")
 flags.DEFINE_integer("port", 8000, "Port of the page (--serve); 0 picks a free one.")
+flags.DEFINE_string("dataset", None, "Instead of --images: explain every image of a dataset, in config.dataset's "
+                    "syntax ('folder:PATH' for a directory or .zip of class subfolders, or a tfds name), into --out's "
+                    "METHOD.zarr, images.txt, metrics.jsonl, summary.json and summary.png (resumed if rerun).")
+flags.DEFINE_integer("batch_size", 64, "--dataset: images per chunk, one global batch over every device (a "
+                     "multiple of the device count).")
+flags.DEFINE_list("metrics", ["deletion_insertion"], "--dataset: per-image metrics (deletion_insertion, "
+                  "mufidelity, infidelity); the first ranks the summary's best and worst images.")
+flags.DEFINE_integer("limit_per_class", None, "--dataset: only the first N images of each class.")
+flags.DEFINE_string("data_dir", None, "--dataset: the tfds data directory.")
+flags.DEFINE_string("split", "train", "--dataset: the tfds split.")
+cli.define_distributed_flags("--dataset: ")
 
 
 def image_items(argv):
@@ -65,16 +78,21 @@ def image_items(argv):
 def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from cnnjax.apps import report, serve
   FLAGS = flags.FLAGS
+  cli.initialize_distributed()
+  from cnnjax.apps import report, serve
   if FLAGS.list_methods:
     print(report.methods_table())
     return
   try:
     images = report.image_paths(image_items(argv))
     methods = report.parse_methods(FLAGS.methods)
+    if FLAGS.dataset is not None and (images or FLAGS.serve):
+      raise ValueError("--dataset explains a whole dataset; drop --images / --serve (or --dataset)")
     source = report.load_source(FLAGS.workdir, FLAGS.weights, FLAGS.image_size)
-    if FLAGS.serve:
+    if FLAGS.dataset is not None:
+      _explain_dataset(FLAGS, methods, source)
+    elif FLAGS.serve:
       serve.serve(source, images or serve.default_photos(), FLAGS.host, FLAGS.port,
                   title=FLAGS.workdir or FLAGS.weights)
     else:
@@ -84,6 +102,14 @@ def main(argv):
     if os.environ.get("CNNJAX_DEBUG"):
       raise
     sys.exit(f"error: {error}")
+
+
+def _explain_dataset(FLAGS, methods, source) -> None:
+  from cnnjax.apps import dataset  # pylint: disable=import-outside-toplevel
+  out_dir = FLAGS.out or os.path.join(FLAGS.workdir or ".", "explain_dataset")
+  dataset.explain_dataset(source, FLAGS.dataset, methods=methods, out_dir=out_dir, batch_size=FLAGS.batch_size,
+                          metrics=FLAGS.metrics, target=FLAGS.target, layer=FLAGS.layer, data_dir=FLAGS.data_dir,
+                          limit_per_class=FLAGS.limit_per_class, split=FLAGS.split)
 
 
 def run() -> None:

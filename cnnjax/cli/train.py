@@ -20,11 +20,7 @@ from ml_collections import config_flags
 from cnnjax import cli
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots (resumed if it exists).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host). Without the "
-                  "three flags below it detects them from the cluster (Cloud TPU, SLURM, ...).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed by hand.")
-flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed by hand.")
-flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes), for --distributed by hand.")
+cli.define_distributed_flags("")
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -35,10 +31,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Progress bars and one line per epoch say what matters; orbax's INFO lines would drown them.
     logging.set_verbosity(logging.WARNING)
-  import jax  # pylint: disable=import-outside-toplevel
-  if flags.FLAGS.distributed:
-    jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
-                               flags.FLAGS.process_id)
+  cli.initialize_distributed()
   from cnnjax.train import Interrupted, lr_find, train_and_evaluate  # pylint: disable=import-outside-toplevel
   try:
     config = flags.FLAGS.config
