@@ -414,3 +414,79 @@ def _draw_first_layer(container, photo, model, variables, image_size: int, prepr
   _draw_tiles(activation_part, [feature_map[..., c] for c in range(channels)], math.ceil(math.sqrt(channels)),
               [str(c) for c in range(channels)])
   activation_part.suptitle(f"their activations ({layer} output)", fontsize=9)
+
+
+def ranked_explanations_figure(rows, path: Optional[PathLike] = None, title: Optional[str] = None,
+                               alpha: float = 0.5):
+  """Rows of explanations, one method per row, e.g. a dataset's best- and worst-explained images (explain.py
+  --dataset's summary.png).
+
+  Args:
+    rows: (label, method name, tiles) per row, tiles (image, map, caption) with one image's (H, W, C) pixels and its
+      (H, W) or (H, W, C) map, drawn as `explanation_figure` draws that method's panel.
+  """
+  if not rows or not any(tiles for _, _, tiles in rows):
+    raise ValueError("rows is empty; pass (label, method, [(image, map, caption), ...]) per row")
+  cols = max(len(tiles) for _, _, tiles in rows)
+  figure, axes = plt.subplots(len(rows), cols, figsize=(1.9 * cols + 0.8, 2.3 * len(rows)), squeeze=False)
+  for row_axes, (label, method, tiles) in zip(axes, rows):
+    for index, axis in enumerate(row_axes):
+      axis.set_xticks([])
+      axis.set_yticks([])
+      for spine in axis.spines.values():
+        spine.set_visible(index < len(tiles))
+      if index < len(tiles):
+        image, map_, caption = tiles[index]
+        axis.imshow(panel_array(image, method, map_, alpha))
+        axis.set_title(caption, fontsize=7)
+    row_axes[0].set_ylabel(label, fontsize=8)
+  if title:
+    figure.suptitle(title, fontsize=9)
+  return _finish(figure, path)
+
+
+def _pixels(image):
+  """An (H, W, C) visualization for imshow: [0, 1] pixels as they are, any other range stretched to [0, 1]."""
+  image = np.asarray(image, np.float32)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  return image if image.min() >= 0 and image.max() <= 1 else _to_display(image)
+
+
+def class_gallery(images, names: Sequence[str], cols: int = 5, path: Optional[PathLike] = None,
+                  title: Optional[str] = None, size: float = 1.8):
+  """Feature visualizations of classes side by side (issue #17), one titled tile per image.
+
+  Args:
+    images: (N, H, W, C) images, [0, 1] pixels (e.g. `explain.parameterization.from_model_input` of what
+      `explain.maximize_activation` returns) or model inputs of any range (stretched per image).
+    names: N titles, e.g. the class names.
+    cols: tiles per row. path: where to save the PNG (None: only return the figure). size: inches per tile.
+  Returns:
+    the matplotlib figure.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4 or len(images) != len(names) or not len(images):
+    raise ValueError(f"class_gallery needs (N, H, W, C) images and N names; got shape {images.shape} and "
+                     f"{len(names)} names")
+  if cols < 1:
+    raise ValueError(f"cols must be positive; got {cols}")
+  figure = _grid([_pixels(image) for image in images], min(cols, len(images)), list(names), size=size)
+  if title:  # above the tiles' own titles, which a default suptitle would overlap on a single row
+    figure.suptitle(title, y=1.0 + 0.25 / math.ceil(len(images) / cols), fontsize=9)
+  return _finish(figure, path)
+
+
+def channel_grid(images, layer: str, channels: Sequence[int], cols: int = 8, path: Optional[PathLike] = None,
+                 size: float = 1.2):
+  """The feature visualizations of a layer's channels in a grid, each tile titled by its channel (issue #17).
+
+  Args:
+    images: (N, H, W, C) visualizations, one per channel of `channels` (as `class_gallery`).
+    layer: the layer's name, for the title. channels: the N channel indices.
+    cols, path, size: as `class_gallery`.
+  Returns:
+    the matplotlib figure.
+  """
+  return class_gallery(images, [str(c) for c in channels], cols=cols, path=path, title=f"channels of {layer}",
+                       size=size)

@@ -585,8 +585,8 @@ def test_maximized_class_input_of_a_linear_model_aligns_with_its_weights():
   # argmax_x w.x - l2 * mean(x^2) is x = w * N / (2 l2): the ascent must end up parallel to w.
   model = Linear()
   variables = _init(model, jnp.zeros((1, 4, 4, 2)))
-  images = explain.maximize_activation(model, variables, [2, 0], input_shape=(4, 4, 2), steps=150, lr=0.05,
-                                       l2=1.0, tv=0.0)
+  images = explain.maximize_activation(model, variables, [2, 0], input_shape=(4, 4, 2), steps=150,
+                                       **{**explain.KERAS_VIS, "l2": 1.0, "tv": 0.0})
   kernel = np.asarray(variables["params"]["predictions"]["kernel"])
   for image, target in zip(np.asarray(images), [2, 0]):
     cosine = image.ravel() @ kernel[:, target] / np.linalg.norm(image) / np.linalg.norm(kernel[:, target])
@@ -600,15 +600,15 @@ def test_maximize_filters_and_joint_classes_raise_their_objectives_without_retra
   noise = 0.1 * jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 3))  # the ascent's starting point
   start = np.asarray(apply(noise))[0]
   ascended = explain.maximize_activation(model, variables, [[0, 1], 2], input_shape=(8, 8, 3), steps=60,
-                                         lr=0.1, jitter=1, blur=0.5)
+                                         lr=0.1, jitter=1, blur=0.5, **explain.KERAS_VIS)
   logits = np.asarray(apply(ascended))
   assert np.all(logits[0, :2] > start[:2] + 0.3) and logits[1, 2] > start[2] + 0.3, (logits, start)
   traces = counter.count
   explain.maximize_activation(model, variables, [[2, 1], 0], input_shape=(8, 8, 3), steps=60, lr=0.1,
-                              jitter=1, blur=0.5, seed=1)
+                              jitter=1, blur=0.5, seed=1, **explain.KERAS_VIS)
   assert counter.count == traces
   chosen = explain.maximize_activation(model, variables, layer="conv2", filters=[3, 5], input_shape=(8, 8, 3),
-                                       steps=60)
+                                       steps=60, **explain.KERAS_VIS)
   channel_means = lambda x: explain.activations(model, variables, x, "conv2")["conv2"].mean(axis=(1, 2))
   gained = np.asarray(channel_means(chosen)) - np.asarray(channel_means(jnp.tile(noise, (2, 1, 1, 1))))
   assert gained[0, 3] > 0.5 and gained[1, 5] > 0.5
@@ -616,11 +616,12 @@ def test_maximize_filters_and_joint_classes_raise_their_objectives_without_retra
 
 def test_maximize_rejects_bad_units():
   model, variables = _small_cnn()
-  one_line_error(lambda: explain.maximize_activation(model, variables, [3], input_shape=(8, 8, 3)), "0..2")
+  one_line_error(lambda: explain.maximize_activation(model, variables, [3], input_shape=(8, 8, 3),
+                                                      preprocess="rescale"), "0..2")
   one_line_error(lambda: explain.maximize_activation(model, variables, layer="conv2", filters=[6],
-                                                      input_shape=(8, 8, 3)), "0..5")
+                                                      input_shape=(8, 8, 3), preprocess="rescale"), "0..5")
   one_line_error(lambda: explain.maximize_activation(model, variables, [0], layer="conv2",
-                                                      input_shape=(8, 8, 3)), "filters")
+                                                      input_shape=(8, 8, 3), preprocess="rescale"), "filters")
 
 
 # --- faithfulness metrics ---------------------------------------------------------------------------

@@ -317,15 +317,20 @@ def _write_activations(source: ModelSource, inputs, image_paths, layer, out_dir)
 
 def _write_maximized(source: ModelSource, targets, input_shape, out_dir) -> List[str]:
   classes = sorted(set(int(t) for t in targets))
-  generated = np.asarray(explain.maximize_activation(source.model, source.variables, classes,
-                                                     input_shape=input_shape))
+  # lucid's recipe (explain/maximize.py): [0, 1] pixels through the run's own preprocessing into the model.
+  pixels = np.asarray(explain.maximize_activation(
+      source.model, source.variables, classes, input_shape=input_shape, return_pixels=True,
+      preprocess=functools.partial(data_lib.preprocess, **source.preprocess),
+      colour="imagenet" if input_shape[-1] == 3 else None))
   files = []
-  for image, index in zip(generated, classes):
+  for image, index in zip(pixels, classes):
     name = source.class_names[index].split(",")[0].strip().replace(" ", "_").replace("/", "_")
     file = os.path.join(out_dir, f"maximize_{index}_{name}.png")
-    # Generated inputs live in the model's (preprocessed) input space: stretch each to the full 0..255 range.
-    scaled = (image - image.min()) / max(float(image.max() - image.min()), 1e-12)
-    Image.fromarray(np.uint8(np.round(scaled.squeeze(-1) if image.shape[-1] == 1 else scaled) * 255)).save(file)
+    Image.fromarray(np.uint8(np.round(255 * (image.squeeze(-1) if image.shape[-1] == 1 else image)))).save(file)
+    files.append(file)
+  if len(classes) > 1:
+    file = os.path.join(out_dir, "maximize_gallery.png")
+    viz.class_gallery(pixels, [source.class_names[index] for index in classes], path=file)
     files.append(file)
   return files
 

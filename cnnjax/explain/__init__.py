@@ -6,7 +6,7 @@ class per image `(B,)` (or an int for all), K classes per image `(B, K)` (output
 from one forward pass), or a function `(logits) -> (B,)` of any scalar to explain. `registry.METHODS` lists them
 all by the names explain.py and the web page use; `cost` tells what a call costs in forward passes.
 """
-from cnnjax.explain import registry
+from cnnjax.explain import objectives, parameterization, registry, transforms
 from cnnjax.explain.attribution import gradient_shap, integrated_gradients, noise_tunnel, smoothgrad
 from cnnjax.explain.cam import (ablationcam, eigencam, gradcam, gradcam_plus_plus, guided_gradcam, hirescam, layercam,
                                 scorecam, xgradcam)
@@ -14,7 +14,7 @@ from cnnjax.explain.cost import cost
 from cnnjax.explain.features import activations
 from cnnjax.explain.features import with_one_line_errors as _with_one_line_errors
 from cnnjax.explain.gradients import input_x_gradient, saliency, saliency_map
-from cnnjax.explain.maximize import maximize_activation
+from cnnjax.explain.maximize import KERAS_VIS, maximize_activation
 from cnnjax.explain.metrics import (deletion_insertion, infidelity, mufidelity, noisy_linear_imputation,
                                     randomization_check, road, sensitivity_max)
 from cnnjax.explain.perturbation import feature_ablation, grid_mask, kernel_shap, occlusion, rise
@@ -33,9 +33,10 @@ from cnnjax.models.introspect import layer_names
      smoothgrad, xgradcam))
 
 __all__ = [
-    "Targets", "ablationcam", "activations", "cost", "deletion_insertion", "eigencam", "feature_ablation", "gradcam",
+    "KERAS_VIS", "Targets", "ablationcam", "activations", "cost", "deletion_insertion", "eigencam", "feature_ablation", "gradcam",
     "gradcam_plus_plus", "gradient_shap", "grid_mask", "guided_gradcam", "hirescam", "infidelity",
     "input_x_gradient", "integrated_gradients", "kernel_shap", "layer_names", "layercam", "maximize_activation",
-    "mufidelity", "noise_tunnel", "noisy_linear_imputation", "occlusion", "randomization_check", "registry", "rise",
-    "road", "saliency", "saliency_map", "scorecam", "sensitivity_max", "smoothgrad", "xgradcam",
+    "mufidelity", "noise_tunnel", "noisy_linear_imputation", "objectives", "occlusion", "parameterization",
+    "randomization_check", "registry", "rise", "road", "saliency", "saliency_map", "scorecam", "sensitivity_max",
+    "smoothgrad", "transforms", "xgradcam",
 ]

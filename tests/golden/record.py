@@ -123,9 +123,10 @@ def explainer_maps() -> dict:
       "gradcam_plus_plus": explain.gradcam_plus_plus(model, variables, inputs, targets),
       "guided_gradcam": explain.guided_gradcam(model, variables, inputs, targets),
       "activations": explain.activations(model, variables, inputs, ["conv2_block3_out"])["conv2_block3_out"],
-      "maximize": explain.maximize_activation(model, variables, [0, 3], input_shape=(32, 32, 3), steps=20),
+      "maximize": explain.maximize_activation(model, variables, [0, 3], input_shape=(32, 32, 3), steps=20,
+                                              preprocess="torch"),
       "maximize_filters": explain.maximize_activation(model, variables, input_shape=(32, 32, 3), steps=20,
-                                                      layer="conv3_block1_out", filters=[0, 5]),
+                                                      layer="conv3_block1_out", filters=[0, 5], **explain.KERAS_VIS),
   }
   scores = explain.deletion_insertion(model, variables, inputs, targets, maps["gradcam"], steps=8)
   maps["deletion"], maps["insertion"] = scores["deletion"], scores["insertion"]

@@ -128,7 +128,7 @@ def test_layer_arguments(model_and_variables, method, layer, fragment):
       "guided_gradcam": lambda: explain.guided_gradcam(model, variables, images(), [0, 1], layer=layer),
       "randomization": lambda: explain.randomization_check(model, variables, images(), [0, 1], layer=layer),
       "maximize": lambda: explain.maximize_activation(model, variables, layer=layer, filters=[0],
-                                                      input_shape=(SIZE, SIZE, 3), steps=1),
+                                                      input_shape=(SIZE, SIZE, 3), preprocess="rescale", steps=1),
   }[method]
   if method == "maximize" and fragment.startswith("not a"):
     pytest.skip("a flat layer's units are valid maximisation targets")
@@ -140,7 +140,7 @@ def test_layer_arguments(model_and_variables, method, layer, fragment):
 def test_maximize_on_another_input_size_is_one_line(model_and_variables):
   model, variables = model_and_variables
   with pytest.raises(ValueError) as error:
-    explain.maximize_activation(model, variables, [0], input_shape=(24, 24, 3), steps=1)
+    explain.maximize_activation(model, variables, [0], input_shape=(24, 24, 3), preprocess="rescale", steps=1)
   assert "the variables do not fit SimpleCNN" in str(error.value) and "\n" not in str(error.value)
 
 
