@@ -25,9 +25,16 @@ each branch's own rule (the custom VJPs here included) and lowering again keeps 
 pass. Forward mode (jvp) is unavailable wherever a custom VJP is staged, as for any `jax.custom_vjp`;
 `kernels('portable')` stages none.
 
+A fifth way is oneDNN's convolution kernels, the ones PyTorch runs on CPU, as XLA:CPU custom calls
+(`cnnjax.models.onednn`, an optional library built by `python -m cnnjax.models.onednn build`): where a program is
+lowered for CPU a float32 ungrouped convolution takes them under the path 'onednn', and under 'auto' only when
+its shape is in `ONEDNN_WINS` (measured faster than XLA:CPU with the work-arounds, bench/onednn_conv.py); without
+the library cnnjax says so once in the log and keeps XLA's kernels.
+
 `kernels(path, disable=...)` and the environment variable CNNJAX_KERNELS force a path: 'auto' (the default, per
-platform), 'xla_cpu' (the work-arounds on every platform) or 'portable' (plain lax everywhere); `disable` turns
-single work-arounds off (bench/ablations.py). Both are read while a function is traced.
+platform), 'xla_cpu' (the work-arounds on every platform), 'portable' (plain lax everywhere) or 'onednn' (as
+'auto', with oneDNN for every convolution it supports on CPU); `disable` turns single work-arounds off
+(bench/ablations.py; 'onednn' too). Both are read while a function is traced.
 """
 import contextlib
 import contextvars
@@ -40,8 +47,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-PATHS = ("auto", "xla_cpu", "portable")
-WORKAROUNDS = ("conv_as_matmul", "strided_conv", "max_pool", "materialized")
+from cnnjax.models import onednn
+
+PATHS = ("auto", "xla_cpu", "portable", "onednn")
+WORKAROUNDS = ("conv_as_matmul", "strided_conv", "max_pool", "materialized", "onednn")
 ENVIRONMENT_VARIABLE = "CNNJAX_KERNELS"
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
@@ -63,8 +72,9 @@ def kernels(path: Optional[str] = None, *, disable: Sequence[str] = ()):
 
   Args:
     path: 'auto' (XLA:CPU's work-arounds where a program is lowered for CPU, the portable operations elsewhere),
-      'xla_cpu' (the work-arounds on every platform), 'portable' (plain lax everywhere), or None to keep the
-      enclosing choice (by default CNNJAX_KERNELS, else 'auto').
+      'xla_cpu' (the work-arounds on every platform), 'portable' (plain lax everywhere), 'onednn' (as 'auto', with
+      oneDNN's kernels for every convolution they support on CPU), or None to keep the enclosing choice (by
+      default CNNJAX_KERNELS, else 'auto').
     disable: a name, or names, from WORKAROUNDS whose operations take the portable version even where the
       work-around would apply (on a convolution `conv_as_matmul` leaves the way to `strided_conv`).
 
@@ -101,7 +111,7 @@ def _per_platform(workaround: str, xla_cpu_version, portable_version, *args):
   """`xla_cpu_version(*args)` in programs lowered for CPU, `portable_version(*args)` in the others, unless the
   path for `workaround` is forced."""
   path = _path_for(workaround)
-  if path == "auto":
+  if path in ("auto", "onednn"):
     return lax.platform_dependent(*args, cpu=xla_cpu_version, default=portable_version)
   return (xla_cpu_version if path == "xla_cpu" else portable_version)(*args)
 
@@ -115,6 +125,10 @@ def conv(inputs, kernel, strides: Sequence[int], padding: Padding, feature_group
   XLA:CPU through `conv_as_matmul` or `strided_conv` when one applies (the first not disabled)."""
   strides = tuple(strides)
   portable = functools.partial(_lax_conv, strides=strides, padding=padding, feature_group_count=feature_group_count)
+  pairs = tuple(map(tuple, _window_geometry(inputs.shape[1:3], kernel.shape[:2], strides, padding)[0]))
+  if _uses_onednn(inputs, kernel, strides, pairs, feature_group_count):
+    return lax.platform_dependent(inputs, kernel, default=portable,
+                                  cpu=lambda inputs, kernel: onednn.conv(inputs, kernel, strides, pairs))
   workaround = _conv_workaround(inputs.shape[1:3], kernel.shape[:2], strides, feature_group_count)
   if workaround is None:
     return portable(inputs, kernel)
@@ -132,6 +146,24 @@ def _conv_workaround(spatial: Sequence[int], kernel_size: Sequence[int], strides
   applies = {"conv_as_matmul": xla_swaps_conv_operands(spatial, kernel_size),
              "strided_conv": uses_col2im_input_gradient(strides, kernel_size)}
   return next((name for name, used in applies.items() if used and name not in _disabled.get()), None)
+
+
+# Convolutions (H, W, C_in, C_out, kh, kw, stride_h, stride_w) that 'auto' gives oneDNN, where the library is
+# built: those it computes faster than XLA:CPU with cnnjax's work-arounds, forward and both gradients together
+# (bench/onednn_conv.py). Empty so far: the first table (bench/RESULTS.md, 2026-12-02) was taken on a machine
+# loaded 7x over, where rows flipped between 0.7x and 1.5x.
+ONEDNN_WINS = frozenset()
+
+
+def _uses_onednn(inputs, kernel, strides: Sequence[int], pairs, feature_group_count: int) -> bool:
+  """Whether a convolution traced now goes to oneDNN where the program runs on CPU: on the 'onednn' path every
+  one it supports, on 'auto' those in ONEDNN_WINS; either only if the library is loaded (else said once)."""
+  path = _path_for("onednn")
+  if path not in ("auto", "onednn") or not onednn.supports(inputs, kernel, pairs, feature_group_count):
+    return False
+  if path == "auto" and (*inputs.shape[1:], kernel.shape[3], *kernel.shape[:2], *strides) not in ONEDNN_WINS:
+    return False
+  return onednn.available(explicitly_asked=path == "onednn")
 
 
 def max_pooling(inputs, window: Sequence[int], strides: Sequence[int], padding: Padding):

@@ -1,0 +1,268 @@
+"""oneDNN's 2-D convolutions as XLA:CPU custom calls (issue 18): the kernels PyTorch runs on CPU, for the
+convolution shapes where XLA:CPU's own (Eigen) kernels are slower (bench/RESULTS.md, bench/onednn_conv.py).
+
+`conv.cc` beside this file registers three typed XLA FFI handlers — forward, backward-data (input gradient) and
+backward-weights (kernel gradient), NHWC / HWIO float32, strides, explicit padding and kernel dilation as
+attributes — and `conv` here is a `jax.custom_vjp` whose forward and backward call them. `xla_cpu.conv` chooses
+it where a program is lowered for CPU (`CNNJAX_KERNELS=onednn`, or `auto` for the shapes in its measured table).
+
+The library is optional. `build()` (or `python -m cnnjax.models.onednn build`) compiles conv.cc with the C++
+compiler ($CXX, else g++) against the pinned `onednn-devel` / `tbb-devel` headers and jaxlib's FFI headers into
+the cache folder ($CNNJAX_CACHE_DIR, else ~/.cache/cnnjax, then onednn/), under a name keyed by everything that
+went into it; `available()` loads it if it is there and otherwise says once, in the log, that XLA's kernels
+are used and how to build it. `pip install .` never compiles anything.
+
+Threads: oneDNN runs on its own TBB pool, beside XLA's Eigen pool (both the size of the usable cores by
+default). A custom call blocks the XLA thread that issued it until oneDNN is done, so a convolution is computed
+by one pool, not both; the TBB pool is capped at CNNJAX_ONEDNN_THREADS workers (default: the cores this process
+may run on, `threads()`). XLA may still run an independent operation on its other threads meanwhile; set the
+variable lower where that, or other processes, share the cores.
+
+The PyPI oneDNN is its SYCL build: its CPU engine is a SYCL CPU device from Intel's OpenCL CPU runtime (the
+`intel-opencl-rt` wheel), which `available()` adds to the ICD loader's list (OCL_ICD_FILENAMES) before oneDNN
+starts; without it oneDNN finds no CPU device.
+"""
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = Path(__file__).with_name("conv.cc")
+THREADS_VARIABLE = "CNNJAX_ONEDNN_THREADS"
+TARGETS = {"forward": "cnnjax_onednn_conv_forward", "backward_data": "cnnjax_onednn_conv_backward_data",
+           "backward_weights": "cnnjax_onednn_conv_backward_weights"}
+BUILD_COMMAND = "python -m cnnjax.models.onednn build"
+_ONEDNN_LIBRARY, _TBB_LIBRARY, _OPENCL_CPU_RUNTIME = "libdnnl.so.3", "libtbb.so.12", "libintelocl.so"
+
+Pairs = Tuple[Tuple[int, int], Tuple[int, int]]
+
+_log = logging.getLogger(__name__)
+
+
+class Unavailable(RuntimeError):
+  """The oneDNN library cannot be built or loaded here (the message says why and what to do)."""
+
+
+def install_prefix() -> Optional[Path]:
+  """The installation prefix holding oneDNN's library and headers (pip's `onednn` + `onednn-devel` wheels put
+  them in <prefix>/lib and <prefix>/include): this environment's, the user site's or the base interpreter's."""
+  for prefix in (sys.prefix, site.getuserbase(), sys.base_prefix):
+    if (Path(prefix) / "lib" / _ONEDNN_LIBRARY).exists():
+      return Path(prefix)
+  return None
+
+
+def cache_dir() -> Path:
+  """Where built libraries go: $CNNJAX_CACHE_DIR/onednn, else ~/.cache/cnnjax/onednn (as cnnjax.data's cache)."""
+  root = os.environ.get("CNNJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "cnnjax")
+  return Path(root) / "onednn"
+
+
+def _compile_command(prefix: Path, output: Path) -> list:
+  """The one compiler command that builds conv.cc into `output`, linked to the oneDNN and TBB of `prefix` with
+  that folder as the run-time search path (DT_RPATH, which also finds oneDNN's own dependencies there)."""
+  compiler = os.environ.get("CXX") or "g++"
+  lib = prefix / "lib"
+  return [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE), f"-I{jax.ffi.include_dir()}",
+          f"-I{prefix / 'include'}", f"-L{lib}", f"-l:{_ONEDNN_LIBRARY}", f"-l:{_TBB_LIBRARY}",
+          f"-Wl,--disable-new-dtags,-rpath,{lib}", "-o", str(output)]
+
+
+def library_path(prefix: Optional[Path] = None) -> Optional[Path]:
+  """The built library for this source, compiler command and oneDNN installation (None without oneDNN): its
+  name holds a hash of all three, so an edit of conv.cc or another environment builds anew."""
+  prefix = prefix or install_prefix()
+  if prefix is None:
+    return None
+  recipe = _compile_command(prefix, Path("OUT"))
+  digest = hashlib.sha256(SOURCE.read_bytes() + "\0".join(recipe).encode() + jax.__version__.encode())
+  return cache_dir() / f"libcnnjax_onednn-{digest.hexdigest()[:16]}.so"
+
+
+def build() -> Path:
+  """Compiles conv.cc into the cache folder (a few tens of seconds) unless it is there; returns its path.
+
+  Raises:
+    Unavailable: oneDNN's wheels, their headers or a C++ compiler are missing, or the compiler failed (its
+      last line is in the message).
+  """
+  prefix = install_prefix()
+  if prefix is None or not (prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists():
+    raise Unavailable(f"oneDNN is not installed; pip install 'cnnjax[onednn]' (onednn, onednn-devel, tbb-devel), "
+                      f"then {BUILD_COMMAND}")
+  if not (prefix / "include" / "oneapi" / "tbb" / "global_control.h").exists():
+    raise Unavailable(f"TBB's headers are missing; pip install 'cnnjax[onednn]', then {BUILD_COMMAND}")
+  target = library_path(prefix)
+  if target.exists():
+    return target
+  command = _compile_command(prefix, target)
+  if shutil.which(command[0]) is None:
+    raise Unavailable(f"no C++ compiler {command[0]!r} to build cnnjax's oneDNN kernels; install g++ or set CXX")
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+    partial = Path(scratch) / target.name
+    command[-1] = str(partial)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+      last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+      raise Unavailable(f"building {SOURCE.name} failed: {last}")
+    partial.replace(target)  # whole or not at all: a killed build leaves no library behind
+  return target
+
+
+def threads() -> int:
+  """oneDNN's worker count: CNNJAX_ONEDNN_THREADS, else the cores this process may run on."""
+  value = os.environ.get(THREADS_VARIABLE)
+  if not value:
+    return len(os.sched_getaffinity(0))
+  if not value.isdigit() or int(value) < 1:
+    raise ValueError(f"{THREADS_VARIABLE}={value!r} is invalid; give a positive number of threads")
+  return int(value)
+
+
+_library = None  # the loaded library (ctypes), once `_load` succeeded
+_told = set()  # the reasons already logged
+
+
+def _load() -> Optional[str]:
+  """Loads the built library and registers its handlers, once; None if it is loaded, else why not (a later
+  call tries again, so a library built meanwhile is taken)."""
+  global _library
+  if _library is not None:
+    return None
+  count = threads()  # a bad CNNJAX_ONEDNN_THREADS fails here, in one line
+  prefix = install_prefix()
+  path = library_path(prefix)
+  if path is None or not path.exists():
+    missing = "oneDNN is not installed" if path is None else f"no {path}"
+    return (f"cnnjax's oneDNN convolutions are not built ({missing}); XLA's kernels are used. Build them with "
+            f"`{BUILD_COMMAND}`")
+  opencl_cpu = prefix / "lib" / _OPENCL_CPU_RUNTIME
+  if opencl_cpu.exists():  # the SYCL CPU device oneDNN's CPU engine needs; read when oneDNN first starts
+    listed = [name for name in os.environ.get("OCL_ICD_FILENAMES", "").split(":") if name]
+    os.environ["OCL_ICD_FILENAMES"] = ":".join(dict.fromkeys([*listed, str(opencl_cpu)]))
+  try:
+    library = ctypes.CDLL(str(path))
+  except OSError as error:
+    return f"cnnjax's oneDNN convolutions could not be loaded ({error}); XLA's kernels are used"
+  library.cnnjax_onednn_set_num_threads(ctypes.c_int(count))
+  for target in TARGETS.values():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
+  _library = library
+  _log.info("cnnjax: oneDNN %s convolutions loaded from %s, %d threads", version(), path, count)
+  return None
+
+
+def version() -> Optional[str]:
+  """The loaded oneDNN's version ('3.13.2'), None before it is loaded."""
+  if _library is None:
+    return None
+  number = _library.cnnjax_onednn_version()
+  return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
+def available(explicitly_asked: bool = False) -> bool:
+  """Whether the oneDNN kernels are loaded (loading them on the first call). If not, says why once: a warning
+  in the log when `explicitly_asked` (CNNJAX_KERNELS=onednn), else an info line."""
+  reason = _load()
+  if reason is not None and not _told:
+    _told.add(reason)
+    (_log.warning if explicitly_asked else _log.info)(reason)
+  return reason is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The convolution.
+
+
+def supports(inputs, kernel, padding: Pairs, feature_group_count: int = 1) -> bool:
+  """Whether `conv` computes this convolution: float32 NHWC / HWIO, ungrouped, no negative padding, and no
+  empty operand or output (lax handles those)."""
+  return (inputs.ndim == 4 and kernel.ndim == 4 and inputs.dtype == jnp.float32 and kernel.dtype == jnp.float32
+          and feature_group_count == 1 and min(min(pair) for pair in padding) >= 0 and min(inputs.shape) > 0
+          and min(kernel.shape) > 0 and inputs.shape[3] == kernel.shape[2]
+          and min(output_spatial(inputs.shape[1:3], kernel.shape[:2], (1, 1), padding, (1, 1))) > 0)
+
+
+def output_spatial(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: Pairs,
+                   dilation: Sequence[int]) -> Tuple[int, int]:
+  """(H', W') of a convolution, as lax.conv_general_dilated computes it (floor division)."""
+  return tuple((spatial[axis] + sum(padding[axis]) - (window[axis] - 1) * dilation[axis] - 1) // strides[axis] + 1
+               for axis in range(2))
+
+
+def _ffi_call(direction: str, out_shape, strides, padding, dilation, *operands):
+  """One FFI custom call; vmapped, it runs once per element (`sequential`, a loop)."""
+  return jax.ffi.ffi_call(TARGETS[direction], jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                          vmap_method="sequential")(
+      *operands, strides=np.asarray(strides, np.int64), padding=np.asarray(padding, np.int64).reshape(-1),
+      dilation=np.asarray(dilation, np.int64))
+
+
+def _call(direction: str, out_shape, operands, strides, padding, dilation):
+  """`_ffi_call`, batched by folding: under vmap, a forward or backward-data call whose kernel is not vmapped
+  is one call on the vmapped axis merged into N (explainers vmap the backward pass over K targets' cotangents);
+  other batchings (vmapped kernels, the kernel gradient, which sums over N) run per element."""
+  static = (strides, padding, dilation)
+  call = functools.partial(_ffi_call, direction, out_shape, *static)
+  batched = jax.custom_batching.custom_vmap(call)
+
+  @batched.def_vmap
+  def _folded(axis_size, in_batched, activations, other):
+    if not in_batched[0] or in_batched[1] or direction == "backward_weights":
+      in_axes = tuple(0 if is_batched else None for is_batched in in_batched)
+      return jax.vmap(call, in_axes=in_axes)(activations, other), True
+    merged = activations.reshape(axis_size * activations.shape[1], *activations.shape[2:])
+    outputs = _call(direction, (axis_size * out_shape[0], *out_shape[1:]), (merged, other), *static)
+    return outputs.reshape(axis_size, *out_shape), True
+
+  return batched(*operands)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv(inputs, kernel, strides: Tuple[int, int], padding: Pairs, dilation: Tuple[int, int] = (1, 1)):
+  """`lax.conv_general_dilated(inputs, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=
+  ('NHWC', 'HWIO', 'NHWC'))` by oneDNN; its gradients are oneDNN's backward-data and backward-weights
+  convolutions (`supports` must hold; the library must be `available()`).
+
+  Args:
+    inputs: (N, H, W, C) float32.
+    kernel: (KH, KW, C, O) float32.
+    strides, dilation: per spatial axis (dilation of the kernel, lax's rhs_dilation).
+    padding: explicit ((top, bottom), (left, right)), non-negative.
+  Returns:
+    (N, H', W', O) float32.
+  """
+  return _forward(inputs, kernel, strides, padding, dilation)
+
+
+def _forward(inputs, kernel, strides, padding, dilation):
+  spatial = output_spatial(inputs.shape[1:3], kernel.shape[:2], strides, padding, dilation)
+  return _call("forward", (inputs.shape[0], *spatial, kernel.shape[3]), (inputs, kernel), strides, padding,
+               dilation)
+
+
+def _conv_forward(inputs, kernel, strides, padding, dilation):
+  return _forward(inputs, kernel, strides, padding, dilation), (inputs, kernel)
+
+
+def _conv_backward(strides, padding, dilation, residuals, cotangents):
+  inputs, kernel = residuals
+  input_gradient = _call("backward_data", inputs.shape, (cotangents, kernel), strides, padding, dilation)
+  kernel_gradient = _call("backward_weights", kernel.shape, (inputs, cotangents), strides, padding, dilation)
+  return input_gradient, kernel_gradient
+
+
+conv.defvjp(_conv_forward, _conv_backward)

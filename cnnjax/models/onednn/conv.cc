@@ -1,0 +1,255 @@
+// oneDNN 2-D convolutions (forward, backward-data, backward-weights) as XLA:CPU custom calls through the typed
+// XLA FFI. Layouts are JAX's: activations NHWC, kernels HWIO, float32. The geometry (strides, explicit padding,
+// kernel dilation) arrives as FFI attributes; cnnjax/models/onednn/__init__.py builds, loads and calls this.
+//
+// oneDNN (https://uxlfoundation.github.io/oneDNN/dev_guide_convolution.html) picks the kernel for a shape when a
+// primitive is created, which costs far more than running it, so primitives are made once per (direction,
+// shape, geometry) and kept. Activations stay NHWC (oneDNN reads and writes XLA's buffers in place); the kernel
+// is left to oneDNN (`format_tag::any`) and reordered from / to HWIO per call, as PyTorch does: with HWIO
+// forced, oneDNN falls back to its slow gemm kernels for both backward passes.
+//
+// Determinism: oneDNN splits a problem into a fixed number of chunks with fixed reduction order for a given
+// shape and thread count, so the same inputs give the same bits run to run (tests/test_onednn.py checks it).
+// Threads: oneDNN runs on its TBB pool, capped by cnnjax_onednn_set_num_threads (a tbb::global_control).
+#include <oneapi/dnnl/dnnl.hpp>
+#include <oneapi/tbb/global_control.h>
+
+#include <array>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using Tag = dnnl::memory::format_tag;
+
+namespace {
+
+enum class Direction : int64_t { kForward, kBackwardData, kBackwardWeights };
+
+// The shape of one convolution in oneDNN's logical order: src {N, C, H, W}, weights {O, C, KH, KW},
+// dst {N, O, OH, OW}; oneDNN counts dilation from 0 (XLA's rhs_dilation 1 is oneDNN's 0).
+struct Geometry {
+  memory::dims src, weights, dst, strides, dilates, pad_l, pad_r;
+
+  std::array<int64_t, 23> Key(Direction direction) const {
+    std::array<int64_t, 23> key{static_cast<int64_t>(direction)};
+    size_t at = 1;
+    for (const memory::dims* part : {&src, &weights, &dst, &strides, &dilates, &pad_l, &pad_r})
+      for (int64_t value : *part) key[at++] = value;
+    return key;
+  }
+};
+
+struct KeyHash {
+  size_t operator()(const std::array<int64_t, 23>& key) const {
+    size_t hash = 0;
+    for (int64_t value : key) hash = hash * 1000003u ^ static_cast<size_t>(value);
+    return hash;
+  }
+};
+
+// A convolution primitive ready to run, with the reorder between JAX's HWIO kernel and oneDNN's own layout.
+struct Kernel {
+  dnnl::primitive convolution;
+  memory::desc src, weights, dst;       // what `convolution` reads/writes (src/dst in NHWC, weights in any)
+  memory::desc user_weights;            // HWIO
+  bool reorder_weights = false;
+  dnnl::reorder weights_reorder;        // user -> oneDNN (forward, backward data) or oneDNN -> user (weights)
+  memory::desc scratchpad;
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& Stream() {  // one per calling thread: XLA may run two custom calls at once
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+memory::desc Desc(const memory::dims& dims, Tag tag) { return memory::desc(dims, memory::data_type::f32, tag); }
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // per-call scratch: concurrent calls never share it
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Desc(g.src, Tag::nhwc),
+      Desc(g.weights, Tag::any), Desc(g.dst, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, attr);
+}
+
+Kernel MakeKernel(Direction direction, const Geometry& g) {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const auto forward = ForwardDesc(g);
+  Kernel kernel;
+  kernel.user_weights = Desc(g.weights, Tag::hwio);
+  if (direction == Direction::kForward) {
+    kernel.convolution = dnnl::convolution_forward(forward);
+    kernel.src = forward.src_desc();
+    kernel.weights = forward.weights_desc();
+    kernel.dst = forward.dst_desc();
+    kernel.scratchpad = forward.scratchpad_desc();
+  } else if (direction == Direction::kBackwardData) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, Tag::nhwc), Desc(g.weights, Tag::any),
+        Desc(g.dst, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, forward, attr);
+    kernel.convolution = dnnl::convolution_backward_data(pd);
+    kernel.src = pd.diff_src_desc();
+    kernel.weights = pd.weights_desc();
+    kernel.dst = pd.diff_dst_desc();
+    kernel.scratchpad = pd.scratchpad_desc();
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, Tag::nhwc), Desc(g.weights, Tag::any),
+        Desc(g.dst, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, forward, attr);
+    kernel.convolution = dnnl::convolution_backward_weights(pd);
+    kernel.src = pd.src_desc();
+    kernel.weights = pd.diff_weights_desc();
+    kernel.dst = pd.diff_dst_desc();
+    kernel.scratchpad = pd.scratchpad_desc();
+  }
+  kernel.reorder_weights = kernel.weights != kernel.user_weights;
+  if (kernel.reorder_weights) {
+    kernel.weights_reorder = direction == Direction::kBackwardWeights
+                                 ? dnnl::reorder(memory(kernel.weights, Engine(), nullptr),
+                                                 memory(kernel.user_weights, Engine(), nullptr))
+                                 : dnnl::reorder(memory(kernel.user_weights, Engine(), nullptr),
+                                                 memory(kernel.weights, Engine(), nullptr));
+  }
+  return kernel;
+}
+
+const Kernel& CachedKernel(Direction direction, const Geometry& g) {
+  static std::mutex mutex;
+  static std::unordered_map<std::array<int64_t, 23>, std::unique_ptr<Kernel>, KeyHash> cache;
+  const auto key = g.Key(direction);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = cache[key];
+  if (!slot) slot = std::make_unique<Kernel>(MakeKernel(direction, g));
+  return *slot;
+}
+
+struct Scratch {  // 64-byte aligned bytes owned by one call
+  explicit Scratch(size_t bytes) : data(bytes ? std::aligned_alloc(64, (bytes + 63) / 64 * 64) : nullptr) {}
+  ~Scratch() { std::free(data); }
+  void* data;
+};
+
+// Runs `direction` on XLA's buffers: src/dst NHWC, weights HWIO (written for backward-weights).
+ffi::Error Run(Direction direction, const Geometry& g, float* src, float* weights, float* dst) {
+  try {
+    const Kernel& kernel = CachedKernel(direction, g);
+    dnnl::stream& stream = Stream();
+    memory user_weights(kernel.user_weights, Engine(), weights);
+    Scratch reordered(kernel.reorder_weights ? kernel.weights.get_size() : 0);
+    memory own_weights = kernel.reorder_weights ? memory(kernel.weights, Engine(), reordered.data) : user_weights;
+    Scratch scratch(kernel.scratchpad.get_size());
+    memory scratchpad(kernel.scratchpad, Engine(), scratch.data);
+    memory src_memory(kernel.src, Engine(), src), dst_memory(kernel.dst, Engine(), dst);
+    if (kernel.reorder_weights && direction != Direction::kBackwardWeights)
+      kernel.weights_reorder.execute(stream, user_weights, own_weights);
+    switch (direction) {
+      case Direction::kForward:
+        kernel.convolution.execute(stream, {{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_WEIGHTS, own_weights},
+                                            {DNNL_ARG_DST, dst_memory}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+        break;
+      case Direction::kBackwardData:
+        kernel.convolution.execute(stream, {{DNNL_ARG_DIFF_SRC, src_memory}, {DNNL_ARG_WEIGHTS, own_weights},
+                                            {DNNL_ARG_DIFF_DST, dst_memory}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+        break;
+      case Direction::kBackwardWeights:
+        kernel.convolution.execute(stream, {{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_DIFF_WEIGHTS, own_weights},
+                                            {DNNL_ARG_DIFF_DST, dst_memory}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+        if (kernel.reorder_weights) kernel.weights_reorder.execute(stream, own_weights, user_weights);
+        break;
+    }
+    stream.wait();  // the buffers above are freed on return
+  } catch (const dnnl::error& error) {
+    return ffi::Error::Internal(std::string("cnnjax oneDNN convolution: ") + error.what());
+  }
+  return ffi::Error::Success();
+}
+
+// The geometry from XLA's shapes (x NHWC, w HWIO, y NHWC) and the attributes; checks what JAX's side
+// guarantees, so a wrong call fails in one line instead of reading out of bounds.
+ffi::ErrorOr<Geometry> MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                                    ffi::Span<const int64_t> y, ffi::Span<const int64_t> strides,
+                                    ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4 || strides.size() != 2 || padding.size() != 4 ||
+      dilation.size() != 2)
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "cnnjax oneDNN convolution: expects rank-4 NHWC/HWIO operands, 2 strides, 4 pads and 2 dilations"));
+  if (x[3] != w[2] || y[0] != x[0] || y[3] != w[3])
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "cnnjax oneDNN convolution: operand shapes disagree (NHWC, HWIO, NHWC)"));
+  Geometry g;
+  g.src = {x[0], x[3], x[1], x[2]};
+  g.weights = {w[3], w[2], w[0], w[1]};
+  g.dst = {y[0], y[3], y[1], y[2]};
+  g.strides = {strides[0], strides[1]};
+  g.dilates = {dilation[0] - 1, dilation[1] - 1};
+  g.pad_l = {padding[0], padding[2]};
+  g.pad_r = {padding[1], padding[3]};
+  return g;
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                   ffi::Span<const int64_t> dilation) {
+  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, padding, dilation);
+  if (g.has_error()) return g.error();
+  return Run(Direction::kForward, g.value(), x.typed_data(), w.typed_data(), y->typed_data());
+}
+
+ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                        ffi::Span<const int64_t> dilation) {
+  auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, padding, dilation);
+  if (g.has_error()) return g.error();
+  return Run(Direction::kBackwardData, g.value(), dx->typed_data(), w.typed_data(), dy.typed_data());
+}
+
+ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                           ffi::Span<const int64_t> dilation) {
+  auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, padding, dilation);
+  if (g.has_error()) return g.error();
+  return Run(Direction::kBackwardWeights, g.value(), x.typed_data(), dw->typed_data(), dy.typed_data());
+}
+
+}  // namespace
+
+#define CNNJAX_CONV_BINDING                                                                          \
+  ffi::Ffi::Bind()                                                                                    \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                   \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                   \
+      .Ret<ffi::Buffer<ffi::F32>>()                                                                   \
+      .Attr<ffi::Span<const int64_t>>("strides")                                                      \
+      .Attr<ffi::Span<const int64_t>>("padding")                                                      \
+      .Attr<ffi::Span<const int64_t>>("dilation")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_forward, Forward, CNNJAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_data, BackwardData, CNNJAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_weights, BackwardWeights, CNNJAX_CONV_BINDING);
+
+// Caps oneDNN's TBB pool at `threads` workers for the life of the process (the last call wins).
+extern "C" void cnnjax_onednn_set_num_threads(int threads) {
+  static std::mutex mutex;
+  static std::unique_ptr<tbb::global_control> control;
+  std::lock_guard<std::mutex> lock(mutex);
+  control.reset();
+  control = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
+}
+
+// oneDNN's version as major * 10000 + minor * 100 + patch, for the log line and the bench records.
+extern "C" int cnnjax_onednn_version() {
+  const dnnl_version_t* version = dnnl_version();
+  return version->major * 10000 + version->minor * 100 + version->patch;
+}

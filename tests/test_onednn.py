@@ -1,0 +1,201 @@
+"""oneDNN's convolutions behind XLA's FFI (cnnjax.models.onednn): the three kernels give lax's values and
+gradients on several geometries, programs lowered for CPU on the 'onednn' path hold the custom calls and no XLA
+convolution, a small ResNet trains the same on both paths, results repeat bit for bit, and without the library
+cnnjax says so once and computes with XLA's kernels.
+
+The library is built here if it is not (cnnjax.models.onednn.build: one g++ run, about 15 s on 2 cores; then
+cached), so CI exercises it; requirements-dev.txt installs oneDNN."""
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+from cnnjax import models
+from cnnjax.models import onednn, xla_cpu
+from conftest import one_line_error
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def library():
+  path = onednn.build()
+  assert onednn.available(explicitly_asked=True), path
+  return path
+
+
+def _lax_conv(inputs, kernel, strides, padding, dilation=(1, 1)):
+  return lax.conv_general_dilated(inputs, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC)
+
+
+def _value_and_gradients(conv, inputs, kernel, cotangent):
+  outputs, pullback = jax.vjp(conv, inputs, kernel)
+  return (outputs, *pullback(cotangent))
+
+
+def _assert_close(have, want, tolerance=2e-5):
+  for name, have_leaf, want_leaf in zip(("outputs", "input gradient", "kernel gradient"), have, want):
+    scale = float(np.max(np.abs(want_leaf)))
+    np.testing.assert_allclose(have_leaf, want_leaf, rtol=tolerance, atol=tolerance * scale, err_msg=name)
+
+
+# (N, H, W, C_in, C_out, kh, kw, strides, padding, dilation): odd sizes, stride 2 and 3 with floor-divided
+# outputs, asymmetric pads and strides, a 1x1 projection, a dilated kernel, a 7x7/2 stem, one input channel.
+GEOMETRIES = [
+    (2, 9, 9, 3, 5, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    (3, 10, 11, 4, 6, (3, 3), (2, 2), ((0, 1), (2, 0)), (1, 1)),
+    (2, 11, 11, 5, 4, (3, 3), (1, 1), ((2, 2), (2, 2)), (2, 2)),
+    (2, 8, 8, 16, 32, (1, 1), (2, 2), ((0, 0), (0, 0)), (1, 1)),
+    (1, 17, 17, 3, 8, (7, 7), (2, 2), ((3, 3), (3, 3)), (1, 1)),
+    (2, 12, 9, 1, 3, (3, 2), (3, 1), ((1, 0), (0, 1)), (1, 1)),
+    (4, 6, 6, 32, 16, (3, 3), (1, 2), ((1, 1), (1, 1)), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda geometry: "x".join(map(str, geometry[:5])))
+def test_the_kernels_give_lax_values_and_gradients(geometry):
+  n, h, w, c_in, c_out, window, strides, padding, dilation = geometry
+  rng = np.random.default_rng(sum(geometry[:5]))
+  inputs = jnp.asarray(rng.standard_normal((n, h, w, c_in)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((*window, c_in, c_out)), jnp.float32)
+  out_shape = (n, *onednn.output_spatial((h, w), window, strides, padding, dilation), c_out)
+  cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+  assert onednn.supports(inputs, kernel, padding)
+  want = jax.jit(lambda *args: _value_and_gradients(
+      lambda x, k: _lax_conv(x, k, strides, padding, dilation), *args))(inputs, kernel, cotangent)
+  have = jax.jit(lambda *args: _value_and_gradients(
+      lambda x, k: onednn.conv(x, k, strides, padding, dilation), *args))(inputs, kernel, cotangent)
+  assert have[0].shape == want[0].shape == out_shape
+  _assert_close(have, want)
+
+
+def test_the_onednn_path_lowers_cpu_convolutions_to_the_custom_calls_and_auto_keeps_xla():
+  model = models.create("simple_cnn", num_classes=3)
+  images = jnp.zeros((2, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(lambda images: model.init(jax.random.key(0), images), images)
+
+  def lowered(path, disable=()):
+    def gradient(variables, images):  # a fresh function per path: jit caches a trace by function, not by path
+      loss = lambda params: jnp.sum(model.apply({**variables, "params": params}, images))
+      return jax.grad(loss)(variables["params"])
+    with xla_cpu.kernels(path, disable=disable):
+      return jax.jit(gradient).lower(variables, images).as_text()
+  text = lowered("onednn")
+  for target in onednn.TARGETS.values():
+    assert target in text, target
+  assert "stablehlo.convolution" not in text
+  auto = lowered("auto")  # ONEDNN_WINS holds no simple_cnn shape: auto's program is XLA's, as before
+  assert "cnnjax_onednn" not in auto and "stablehlo.convolution" in auto
+  assert "cnnjax_onednn" not in lowered("onednn", disable="onednn")
+
+
+def test_auto_takes_onednn_for_the_shapes_of_its_table_alone(monkeypatch):
+  images = jnp.zeros((2, 12, 12, 3), jnp.float32)
+  first, second = jnp.zeros((3, 3, 3, 8), jnp.float32), jnp.zeros((3, 3, 8, 8), jnp.float32)
+
+  def lowered():
+    def forward(images, first, second):  # fresh per call: jit caches a trace by function, not by table
+      return xla_cpu.conv(xla_cpu.conv(images, first, (1, 1), "SAME"), second, (2, 2), "SAME")
+    return jax.jit(forward).lower(images, first, second).as_text()
+  assert "cnnjax_onednn" not in lowered()
+  monkeypatch.setattr(xla_cpu, "ONEDNN_WINS", frozenset({(12, 12, 3, 8, 3, 3, 1, 1)}))
+  text = lowered()
+  assert text.count("cnnjax_onednn_conv_forward") == 1 and text.count("stablehlo.convolution") == 1
+
+
+def _trainer(path: str):
+  """A function running a few Adam steps of resnet20 (BatchNorm on batch statistics) at 16px from the same
+  initialisation, compiled once along `path`; it returns the losses and the final params."""
+  model = models.create("resnet20", num_classes=4)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.standard_normal((4, 16, 16, 3)), jnp.float32)
+  labels = jnp.asarray([0, 1, 2, 3])
+  variables = model.init(jax.random.key(0), images)
+  optimizer = optax.adam(1e-3)
+
+  def step(params, batch_stats, opt_state):
+    def loss(params):
+      logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
+                                    mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates["batch_stats"]
+    (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, value
+
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  with xla_cpu.kernels(path):
+    compiled = jax.jit(step).lower(params, batch_stats, optimizer.init(params)).compile()
+
+  def train(steps: int = 3):
+    state, losses = (params, batch_stats, optimizer.init(params)), []
+    for _ in range(steps):
+      *state, value = compiled(*state)
+      losses.append(float(value))
+    return losses, state[0]
+  return train
+
+
+def test_a_small_resnet_trains_the_same_on_both_paths_and_repeats_bit_for_bit():
+  train = _trainer("onednn")
+  losses, params = train()
+  want_losses, want_params = _trainer("auto")()
+  np.testing.assert_allclose(losses, want_losses, rtol=1e-4)
+  assert losses[-1] < losses[0]
+  for have, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(want_params)):
+    np.testing.assert_allclose(have, want, rtol=2e-3, atol=2e-5)
+  again_losses, again_params = train()  # the same program again: oneDNN's kernels are deterministic
+  assert again_losses == losses
+  for have, again in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again_params)):
+    np.testing.assert_array_equal(have, again)
+
+
+def test_under_vmap_an_unbatched_kernel_folds_the_axis_into_the_batch_and_others_run_per_element():
+  rng = np.random.default_rng(3)
+  inputs = jnp.asarray(rng.standard_normal((3, 2, 8, 8, 4)), jnp.float32)
+  kernels = jnp.asarray(rng.standard_normal((3, 3, 3, 4, 5)), jnp.float32)
+  padding = ((1, 1), (0, 2))
+  loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k, (1, 2), padding)))
+  for argnums, in_axes in ((0, (0, None)), ((0, 1), (0, 0)), (1, (None, 0))):
+    grad = lambda conv: jax.vmap(jax.grad(loss(conv), argnums), in_axes)
+    operands = tuple(whole if axis == 0 else whole[0] for whole, axis in zip((inputs, kernels), in_axes))
+    compiled = jax.jit(grad(onednn.conv)).lower(*operands).compile()
+    have, want = compiled(*operands), grad(_lax_conv)(*operands)
+    for have_leaf, want_leaf in zip(jax.tree_util.tree_leaves(have), jax.tree_util.tree_leaves(want)):
+      np.testing.assert_allclose(have_leaf, want_leaf, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(want_leaf))))
+    # inputs vmapped over a shared kernel: forward and input gradient are one call each, no loop
+    assert ("while" in compiled.as_text()) == (in_axes != (0, None)), in_axes
+
+
+def test_without_the_library_cnnjax_says_so_once_and_uses_xla(monkeypatch, tmp_path, caplog):
+  monkeypatch.setenv("CNNJAX_CACHE_DIR", str(tmp_path))  # an empty cache: no built library
+  monkeypatch.setattr(onednn, "_library", None)
+  monkeypatch.setattr(onednn, "_told", set())
+  inputs = jnp.asarray(np.random.default_rng(4).standard_normal((2, 8, 8, 3)), jnp.float32)
+  kernel = jnp.asarray(np.random.default_rng(5).standard_normal((3, 3, 3, 4)), jnp.float32)
+  conv = lambda inputs, kernel: xla_cpu.conv(inputs, kernel, (1, 1), "SAME")
+  with caplog.at_level(logging.INFO, logger=onednn.__name__), xla_cpu.kernels("onednn"):
+    texts = [jax.jit(jax.grad(lambda x: jnp.sum(conv(x, kernel) ** 2))).lower(inputs).as_text() for _ in range(2)]
+    values = jax.jit(conv)(inputs, kernel)
+  said = [record for record in caplog.records if "not built" in record.getMessage()]
+  assert len(said) == 1 and said[0].levelno == logging.WARNING, caplog.records
+  assert onednn.BUILD_COMMAND in said[0].getMessage() and "\n" not in said[0].getMessage()
+  assert all("cnnjax_onednn" not in text and "stablehlo.convolution" in text for text in texts)
+  np.testing.assert_allclose(values, _lax_conv(inputs, kernel, (1, 1), "SAME"), rtol=1e-5, atol=1e-5)
+
+
+def test_a_bad_thread_count_is_a_one_line_error(monkeypatch):
+  monkeypatch.setenv(onednn.THREADS_VARIABLE, "two")
+  one_line_error(onednn.threads, "CNNJAX_ONEDNN_THREADS='two'", "positive number")
+  monkeypatch.setenv(onednn.THREADS_VARIABLE, "3")
+  assert onednn.threads() == 3
+
+
+def test_missing_onednn_is_a_one_line_build_error(monkeypatch):
+  monkeypatch.setattr(onednn, "install_prefix", lambda: None)
+  with pytest.raises(onednn.Unavailable) as error:
+    onednn.build()
+  assert "\n" not in str(error.value) and "cnnjax[onednn]" in str(error.value)
