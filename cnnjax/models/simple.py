@@ -44,7 +44,11 @@ PLANS = {
     # 64x64 faces, smiling or not: the Packt chapter's model (its notebook's model.summary(): 1,063,073
     # parameters with its single sigmoid unit, here `num_classes` logits). Its layers 1, 4 and 8 (conv2d, dropout,
     # dropout_1) hold 16 maps of 64x64, 16 of 32x32 and 32 of 16x16; Flatten gives 16 * 16 * 32 = 8,192. No
-    # dropout after its Dense 128.
+    # dropout after its Dense 128. The chapter's text fixes layer 1 and those shapes; the second block (5x5 'same'
+    # Conv 32 + BN, 2x2 pooling, Dropout 0.1) is its notebook's, the only build with those shapes and that count.
+    # Left open, the output: `num_classes` logits under softmax cross-entropy rather than one sigmoid unit, so the
+    # loss, the metrics and every explainer's class target work as for the other models (a sigmoid of z is a
+    # softmax over (0, z): the same family of classifiers).
     "smile_cnn": Plan(
         (ConvSpec(16, **_SMILE_CONV), PoolSpec(), DropoutSpec(0.1),
          ConvSpec(32, **_SMILE_CONV), PoolSpec(), DropoutSpec(0.1)),
