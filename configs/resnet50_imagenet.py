@@ -26,9 +26,9 @@ Where cnnjax differs from flax's example (so expect top-1 to differ somewhat; no
     branch initialised to zero).
   - Validation: tfds imagenet2012's own 50,000-image validation split (as flax); with `folder:PATH` it is carved
     from the training folder (`validation_split`, 4%: about 51,000 images, the size of the official split).
-  - Memory: until cnnjax streams its input (issue 15, part 2), train.py decodes the whole dataset into host RAM
-    once: 1,281,167 training images at 224 px are 193 GB of uint8 on every host. Use
-    `--config.limit_per_class=N` for a subset (N=100: 15 GB) where that is too much.
+  - Memory: 1,281,167 training images at 224 px would be 193 GB of uint8, far over `in_memory_limit_gb` (2), so
+    the input streams (cnnjax.data.streaming, on grain): tfds imagenet2012 is prepared as array_record files, a
+    folder is read file by file; host memory stays near the model's own (README "Streaming").
 
 flax's README reports top-1 on the validation split of 76.54% (TPU v3-32, 125,100 steps, 2.1 h), 76.67% (TPU
 v2-32), 76.37% (TPU v3-8), 76.72% (8x V100, batch 512 float32) and 76.27% (8x V100, float16).

@@ -9,7 +9,9 @@ F1 of 'smiling', and the confusion matrix).
   python train.py --config configs/smile_cnn.py --workdir runs/smile_cnn_10k --config.limit_per_class=10000
 
 celeb_a (1.4 GB of aligned faces) is downloaded and prepared by tfds on first use, into --config.data_dir
-(default ~/tensorflow_datasets). Then ask where the model looks:
+(default ~/tensorflow_datasets). Its three splits at 64 px decode to 2.5 GB, over the default in_memory_limit_gb of
+2, so this config raises the limit to 3 and keeps the faster in-memory path (and the tfrecord files tfds.load
+prepares); `--config.in_memory_limit_gb=0` streams them instead (tfds then prepares array_record files). Then ask where the model looks:
   python explain.py --workdir runs/smile_cnn --images FACE.png ... --methods saliency,guided,gradcam,guided_gradcam
 """
 from configs import default
@@ -21,6 +23,7 @@ def get_config():
   config.dataset = "celeb_a:Smiling"
   config.num_classes = 2
   config.image_size = 64
+  config.in_memory_limit_gb = 3.0
   config.batch_size = 64
   config.num_epochs = 10
   config.optimizer = "adam"
