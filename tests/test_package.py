@@ -51,8 +51,14 @@ def _copy_checkout(destination: Path) -> Path:
 
 
 def _defined_flags(source: Path):
-  """The flag names a CLI module defines (flags.DEFINE_*("name", ...) and config_flags' --config)."""
-  return sorted(set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", source.read_text())))
+  """The flag names a CLI module defines (flags.DEFINE_*("name", ...) and config_flags' --config), with those of
+  cnnjax.cli's shared definers (define_distributed_flags) where it calls them."""
+  pattern = r"DEFINE_\w+\(\s*\"(\w+)\""
+  text = source.read_text()
+  names = set(re.findall(pattern, text))
+  if "define_distributed_flags(" in text:
+    names |= set(re.findall(pattern, (source.parent / "__init__.py").read_text()))
+  return sorted(names)
 
 
 def _run(command, cwd, env=None, timeout=120):

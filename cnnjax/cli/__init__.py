@@ -45,17 +45,20 @@ def config_import_root(path: str) -> Optional[str]:
   return root
 
 
-def define_distributed_flags(what: str) -> None:
+def define_distributed_flags(what: str, module_name: str) -> None:
   """Defines --distributed and the three flags that set jax.distributed.initialize() up by hand.
 
   Args:
     what: the help's prefix naming what runs over many hosts (e.g. '--dataset: ').
+    module_name: the program module they belong to (its __name__), so `--helpshort` lists them with its own.
   """
+  own = dict(module_name=module_name)
   flags.DEFINE_bool("distributed", False, f"{what}call jax.distributed.initialize() first (multi-host). Without the "
-                    "three flags below it detects them from the cluster (Cloud TPU, SLURM, ...).")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed by hand.")
-  flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed by hand.")
-  flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes), for --distributed by hand.")
+                    "three flags below it detects them from the cluster (Cloud TPU, SLURM, ...).", **own)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed by hand.", **own)
+  flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed by hand.", **own)
+  flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes), for --distributed by hand.",
+                       **own)
 
 
 def initialize_distributed() -> None:

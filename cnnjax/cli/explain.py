@@ -56,7 +56,7 @@ flags.DEFINE_list("metrics", ["deletion_insertion"], "--dataset: per-image metri
 flags.DEFINE_integer("limit_per_class", None, "--dataset: only the first N images of each class.")
 flags.DEFINE_string("data_dir", None, "--dataset: the tfds data directory.")
 flags.DEFINE_string("split", "train", "--dataset: the tfds split.")
-cli.define_distributed_flags("--dataset: ")
+cli.define_distributed_flags("--dataset: ", __name__)
 
 
 def image_items(argv):

@@ -20,7 +20,7 @@ from ml_collections import config_flags
 from cnnjax import cli
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots (resumed if it exists).")
-cli.define_distributed_flags("")
+cli.define_distributed_flags("", __name__)
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
