@@ -33,20 +33,27 @@ def shared_dir() -> Path:
   return SHARED
 
 
-@pytest.fixture(scope="session")
-def image_folder(tmp_path_factory) -> Path:
-  """A class-per-subfolder dataset a CNN can learn in seconds: red, green and blue dominated noise images."""
+def colour_folder(root: Path, per_class=16, size: int = 20, seed: int = 0, name: str = "{}.png",
+                  **save_options) -> Path:
+  """Writes a class-per-subfolder dataset a CNN can learn in seconds under `root`: blue, green and red dominated
+  noise images, `per_class` of each (or a count per class in that order), files named name.format(index)."""
   import numpy as np
   from PIL import Image
-  root = tmp_path_factory.mktemp("folder")
-  rng = np.random.default_rng(0)
-  for label, name in enumerate(["blue", "green", "red"]):
-    (root / name).mkdir()
-    for index in range(16):
-      pixels = rng.integers(0, 120, size=(20, 20, 3))
+  counts = [per_class] * 3 if isinstance(per_class, int) else list(per_class)
+  rng = np.random.default_rng(seed)
+  for label, (colour, count) in enumerate(zip(["blue", "green", "red"], counts)):
+    (root / colour).mkdir(parents=True)
+    for index in range(count):
+      pixels = rng.integers(0, 120, size=(size, size, 3))
       pixels[..., 2 - label] += 120
-      Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{index}.png")
+      Image.fromarray(pixels.astype(np.uint8)).save(root / colour / name.format(index), **save_options)
   return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+  """16 PNGs per class of `colour_folder`, 20x20."""
+  return colour_folder(tmp_path_factory.mktemp("folder"))
 
 
 def tiny_config(image_folder, **overrides):

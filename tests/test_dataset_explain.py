@@ -10,17 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 from cnnjax import data as data_lib
 from cnnjax import explain
 from cnnjax.apps import dataset, report
 from cnnjax.explain import registry
-from conftest import one_line_error, tiny_config
+from conftest import colour_folder, one_line_error, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["saliency", "gradcam"]
@@ -30,14 +28,7 @@ BATCH = 8  # 20 images: chunks of 8, 8 and 4 (padded)
 @pytest.fixture(scope="module")
 def jpeg_folder(tmp_path_factory) -> Path:
   """3 classes of small JPEGs, 20 images, one of them not an image at all."""
-  root = tmp_path_factory.mktemp("jpegs")
-  rng = np.random.default_rng(1)
-  for label, name in enumerate(["blue", "green", "red"]):
-    (root / name).mkdir()
-    for index in range(7 if name == "blue" else 6):
-      pixels = rng.integers(0, 120, size=(20, 20, 3))
-      pixels[..., 2 - label] += 120
-      Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{index}.jpg", quality=90)
+  root = colour_folder(tmp_path_factory.mktemp("jpegs"), per_class=(7, 6, 6), seed=1, name="{}.jpg", quality=90)
   (root / "red" / "broken.jpg").write_bytes(b"not a jpeg")
   return root
 

@@ -5,10 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 from cnnjax.data import sources
+from conftest import colour_folder
 
 REPO = Path(__file__).resolve().parents[1]
 # How Python prints a warning: "path/to/module.py:66: RuntimeWarning: message".
@@ -17,15 +16,7 @@ PYTHON_WARNING = re.compile(r"^\S+:\d+: \w*Warning: ", re.MULTILINE)
 
 def _folder_big_enough_for_threads(root: Path) -> Path:
   """Three classes of noise images, enough of them that decoding runs in its worker threads."""
-  rng = np.random.default_rng(0)
-  per_class = -(-sources._MIN_FILES_FOR_THREADS // 3)
-  for label, name in enumerate(["blue", "green", "red"]):
-    (root / name).mkdir(parents=True)
-    for index in range(per_class):
-      pixels = rng.integers(0, 120, size=(12, 12, 3))
-      pixels[..., 2 - label] += 120
-      Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{index}.png")
-  return root
+  return colour_folder(root, per_class=-(-sources._MIN_FILES_FOR_THREADS // 3), size=12)
 
 
 def test_a_first_train_py_run_prints_no_python_warning(tmp_path):

@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from cnnjax import data
 from cnnjax.data import streaming
@@ -23,7 +22,7 @@ from cnnjax.train import config as config_lib
 from cnnjax.train import hooks
 from cnnjax.train import loop
 from cnnjax.train import weights
-from conftest import one_line_error, tiny_config
+from conftest import colour_folder, one_line_error, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 # How Python prints a warning: "path/to/module.py:66: RuntimeWarning: message".
@@ -32,13 +31,7 @@ PYTHON_WARNING = re.compile(r"^\S+:\d+: \w*Warning: ", re.MULTILINE)
 
 def _folder(root: Path, per_class: int = 12, broken: bool = False) -> Path:
   """Three classes of colour-dominated noise PNGs; `broken` adds one undecodable file to 'red'."""
-  rng = np.random.default_rng(1)
-  for label, name in enumerate(["blue", "green", "red"]):
-    (root / name).mkdir(parents=True)
-    for index in range(per_class):
-      pixels = rng.integers(0, 120, size=(10, 10, 3))
-      pixels[..., 2 - label] += 120
-      Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{index:02d}.png")
+  colour_folder(root, per_class=per_class, size=10, seed=1, name="{:02d}.png")
   if broken:
     (root / "red" / "00_broken.png").write_bytes(b"\x89PNG truncated")
   return root
@@ -277,26 +270,12 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_params_without_war
 def test_two_processes_each_stream_their_share_and_save_both_positions(folder, tmp_path):
   """With every file readable, two processes reading their shares train as one process reading all (a skip would
   make each process take its replacement from its own share, so the global batch would differ)."""
-  from test_multihost import free_port
+  from test_multihost import assert_same_weights, train_one_and_two_processes
   common = [sys.executable, "train.py", "--config", "configs/simple_cnn.py", f"--config.dataset=folder:{folder}",
             "--config.num_classes=3", "--config.image_size=16", "--config.batch_size=8", "--config.eval_batch_size=8",
             "--config.num_epochs=1", "--config.steps_per_epoch=3", "--config.checkpoint_every_steps=1",
             "--config.keep_checkpoints=5", "--config.in_memory_limit_gb=0"]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}  # one device per process
-  address = f"127.0.0.1:{free_port()}"
-  processes = [subprocess.Popen(common + ["--workdir", str(tmp_path / "two"), "--distributed",
-                                          f"--coordinator_address={address}", "--num_processes=2",
-                                          f"--process_id={index}"],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for index in (1, 0)]
-  single = subprocess.run(common + ["--workdir", str(tmp_path / "one")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-  outputs = [process.communicate(timeout=600) for process in processes]
-  for process, (_, stderr) in zip(processes, outputs):
-    assert process.returncode == 0, stderr[-2000:]
-  assert single.returncode == 0, single.stderr[-2000:]
+  train_one_and_two_processes(common, tmp_path)
   record = json.loads((tmp_path / "two" / "checkpoints" / "latest" / "2" / "record" / "metadata").read_text())
   assert record["input"]["batch"] == 2 and len(record["input"]["positions"]) == 2
-  _, one, _ = weights.restore(str(tmp_path / "one"))
-  _, two, _ = weights.restore(str(tmp_path / "two"))
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5), one, two)
+  assert_same_weights(tmp_path / "one", tmp_path / "two")

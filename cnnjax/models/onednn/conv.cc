@@ -76,44 +76,52 @@ dnnl::stream& Stream() {  // one per calling thread: XLA may run two custom call
 
 memory::desc Desc(const memory::dims& dims, Tag tag) { return memory::desc(dims, memory::data_type::f32, tag); }
 
-dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+dnnl::primitive_attr Attributes() {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // per-call scratch: concurrent calls never share it
+  return attr;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Desc(g.src, Tag::nhwc),
-      Desc(g.weights, Tag::any), Desc(g.dst, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, attr);
+      Desc(g.weights, Tag::any), Desc(g.dst, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, Attributes());
+}
+
+// Both backward primitives take the same arguments, with the forward one as their hint.
+template <typename Primitive>
+typename Primitive::primitive_desc BackwardDesc(const Geometry& g,
+                                                const dnnl::convolution_forward::primitive_desc& forward) {
+  return typename Primitive::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, Tag::nhwc), Desc(g.weights, Tag::any),
+      Desc(g.dst, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, forward, Attributes());
+}
+
+// The primitive of `pd` and the layouts of its activation, kernel and output arguments (plain or diff_).
+template <typename Primitive>
+void Describe(Kernel* kernel, const typename Primitive::primitive_desc& pd, dnnl::query src, dnnl::query weights,
+              dnnl::query dst) {
+  kernel->convolution = Primitive(pd);
+  kernel->src = pd.query_md(src);
+  kernel->weights = pd.query_md(weights);
+  kernel->dst = pd.query_md(dst);
+  kernel->scratchpad = pd.scratchpad_desc();
 }
 
 Kernel MakeKernel(Direction direction, const Geometry& g) {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  using dnnl::query;
   const auto forward = ForwardDesc(g);
   Kernel kernel;
   kernel.user_weights = Desc(g.weights, Tag::hwio);
   if (direction == Direction::kForward) {
-    kernel.convolution = dnnl::convolution_forward(forward);
-    kernel.src = forward.src_desc();
-    kernel.weights = forward.weights_desc();
-    kernel.dst = forward.dst_desc();
-    kernel.scratchpad = forward.scratchpad_desc();
+    Describe<dnnl::convolution_forward>(&kernel, forward, query::src_md, query::weights_md, query::dst_md);
   } else if (direction == Direction::kBackwardData) {
-    dnnl::convolution_backward_data::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, Tag::nhwc), Desc(g.weights, Tag::any),
-        Desc(g.dst, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, forward, attr);
-    kernel.convolution = dnnl::convolution_backward_data(pd);
-    kernel.src = pd.diff_src_desc();
-    kernel.weights = pd.weights_desc();
-    kernel.dst = pd.diff_dst_desc();
-    kernel.scratchpad = pd.scratchpad_desc();
+    Describe<dnnl::convolution_backward_data>(&kernel, BackwardDesc<dnnl::convolution_backward_data>(g, forward),
+                                              query::diff_src_md, query::weights_md, query::diff_dst_md);
   } else {
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, Tag::nhwc), Desc(g.weights, Tag::any),
-        Desc(g.dst, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, forward, attr);
-    kernel.convolution = dnnl::convolution_backward_weights(pd);
-    kernel.src = pd.src_desc();
-    kernel.weights = pd.diff_weights_desc();
-    kernel.dst = pd.diff_dst_desc();
-    kernel.scratchpad = pd.scratchpad_desc();
+    Describe<dnnl::convolution_backward_weights>(
+        &kernel, BackwardDesc<dnnl::convolution_backward_weights>(g, forward), query::src_md,
+        query::diff_weights_md, query::diff_dst_md);
   }
   kernel.reorder_weights = kernel.weights != kernel.user_weights;
   if (kernel.reorder_weights) {
