@@ -14,6 +14,15 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
 
+# The training rows of bench/run.py and bench/onednn_conv.py.
+# name: (image size, batch, classes, cnnjax options)
+TRAIN_ROWS = {
+    "simple_cnn": (32, 128, 10, {}),
+    "resnet20": (32, 128, 10, {}),
+    "vgg16": (32, 64, 10, {"batch_norm": True, "head": "gap"}),  # configs/vgg16.py's CIFAR VGG16
+    "resnet50": (224, 16, 1000, {"stride_on_3x3": True}),  # torchvision's v1.5
+}
+
 
 def block(value):
   """Waits for JAX's asynchronous results (torch and numpy values are already computed)."""

@@ -1,12 +1,15 @@
 """oneDNN's convolutions behind XLA's FFI (cnnjax.models.onednn) against XLA:CPU with cnnjax's work-arounds and
 against PyTorch (its oneDNN), side by side in one process (issue 18):
 
-  convolutions  per shape of simple_cnn and resnet20 (batch 128, 32px) and a few of ResNet50 (batch 16, 224px):
-                forward, input gradient (backward-data) and kernel gradient (backward-weights), ms per call.
-  train         one Adam step of simple_cnn and resnet20 at batch 128, 32px: cnnjax on 'auto' (XLA's kernels),
-                cnnjax on 'onednn', PyTorch eager (at 1 thread and at every core, see TORCH_THREADS).
+  convolutions  per shape of simple_cnn and resnet20 (batch 128, 32px), vgg16 (batch 64, 32px) and ResNet50
+                (batch 16, 224px), bench/conv_breakdown.py's: forward, input gradient (backward-data) and kernel
+                gradient (backward-weights), ms per call.
+  train         one Adam step of bench/run.py's training rows (simple_cnn, resnet20 at batch 128 and vgg16 at 64,
+                32px; resnet50 at 16, 224px): cnnjax on 'auto' with oneDNN disabled (XLA's kernels), cnnjax on
+                'onednn', PyTorch eager (at 1 thread and at every core, see TORCH_THREADS), torch.compile.
 
-  python bench/onednn_conv.py [--sections convolutions,train] [--repeats 3] [--out bench/results/NAME]
+  python bench/onednn_conv.py [--sections convolutions,train] [--models ...] [--torch_compile] [--repeats 3]
+                             [--out bench/results/NAME]
 
 Builds the library first if it is not built. Prints Markdown tables (and writes NAME.md / NAME.json with the
 machine, versions, date and load average when --out is given).
@@ -35,14 +38,8 @@ from cnnjax import models  # noqa: E402  (sets cnnjax's XLA_FLAGS before JAX sta
 from cnnjax.models import onednn, xla_cpu  # noqa: E402
 from cnnjax.train import step as step_lib  # noqa: E402
 
-# (count in the model, batch, H, W, C_in, C_out, kernel, stride): six of ResNet50's 22 shapes, the stem and
-# each kind of layer (3x3, 1x1, 1x1/2 projection) at several widths.
-RESNET50_SHAPES = [(1, 16, 224, 224, 3, 64, 7, 2), (3, 16, 56, 56, 64, 64, 3, 1), (2, 16, 56, 56, 256, 64, 1, 1),
-                   (1, 16, 56, 56, 256, 512, 1, 2), (3, 16, 28, 28, 128, 128, 3, 1),
-                   (5, 16, 14, 14, 256, 256, 3, 1)]
-SHAPES = {"simple_cnn": conv_breakdown.SHAPES["simple_cnn"], "resnet20": conv_breakdown.SHAPES["resnet20"],
-          "resnet50": RESNET50_SHAPES}
-TRAIN_ROWS = {"simple_cnn": (32, 128, 10), "resnet20": (32, 128, 10)}  # size, batch, classes
+SHAPES = conv_breakdown.SHAPES  # (count in the model, batch, H, W, C_in, C_out, kernel, stride) per model
+TRAIN_ROWS = common.TRAIN_ROWS  # name: (size, batch, classes, cnnjax options)
 PATHS = {"xla": "auto", "onednn": "onednn"}  # contender -> CNNJAX_KERNELS path
 OPS = ("forward", "grad input", "grad kernel")
 
@@ -109,9 +106,9 @@ def section_convolutions(args) -> list:
   return rows
 
 
-def cnnjax_train(name: str, size: int, batch: int, classes: int, path: str):
+def cnnjax_train(name: str, size: int, batch: int, classes: int, options: dict, path: str):
   """One Adam step of cnnjax's train_step (donated state), compiled along `path`."""
-  model = models.create(name, num_classes=classes)
+  model = models.create(name, num_classes=classes, **options)
   state = step_lib.create_train_state(model, optax.adam(1e-3), (size, size, 3), seed=0)
   step = jax.jit(functools.partial(step_lib.train_step, model=model, num_classes=classes,
                                    preprocess={"mode": "rescale"}), donate_argnums=0)
@@ -128,10 +125,11 @@ def cnnjax_train(name: str, size: int, batch: int, classes: int, path: str):
   return call
 
 
-def torch_train(name: str, size: int, batch: int, classes: int):
-  """One Adam step of the same architecture in PyTorch eager (tests/peers_torch.py)."""
+def torch_train(name: str, size: int, batch: int, classes: int, compiled: bool = False):
+  """One Adam step of the same architecture in PyTorch (bench/peers_torch.py), eager or torch.compile'd."""
   torch.manual_seed(0)
-  model = peers_torch.BUILDERS[name](classes).train()
+  model = peers_torch.BUILDERS[name](classes, **({"conv_bias": True} if name == "resnet50" else {})).train()
+  forward = torch.compile(model) if compiled else model
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
   rng = np.random.default_rng(0)
   x = torch.from_numpy(rng.integers(0, 256, (batch, 3, size, size)).astype(np.float32) / 255.0)
@@ -139,7 +137,7 @@ def torch_train(name: str, size: int, batch: int, classes: int):
 
   def call():
     optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(forward(x), y).backward()
     optimizer.step()
   return call
 
@@ -149,17 +147,19 @@ def section_train(args) -> list:
   for name in args.models:
     if name not in TRAIN_ROWS:
       continue
-    size, batch, classes = TRAIN_ROWS[name]
-    calls = {f"cnnjax {contender}": cnnjax_train(name, size, batch, classes, path)
+    size, batch, classes, options = TRAIN_ROWS[name]
+    calls = {f"cnnjax {contender}": cnnjax_train(name, size, batch, classes, options, path)
              for contender, path in PATHS.items()}
     calls.update({f"torch eager {threads}t": with_torch_threads(threads, torch_train(name, size, batch, classes))
                   for threads in TORCH_THREADS})
+    if args.torch_compile:
+      calls["torch.compile"] = with_torch_threads(os.cpu_count(), torch_train(name, size, batch, classes, True))
     timed = common.interleave(calls, repeats=args.repeats, target_seconds=args.target)
     speeds = {framework: common.images_per_second(result, batch) for framework, result in timed.items()}
     fastest_torch = max(speed for framework, speed in speeds.items() if framework.startswith("torch"))
     for framework, speed in speeds.items():
       rows.append({"model": name, "batch": batch, "framework": framework, "images/s": speed,
-                   "/ fastest torch eager": speed / fastest_torch, "/ cnnjax xla": speed / speeds["cnnjax xla"]})
+                   "/ fastest torch": speed / fastest_torch, "/ cnnjax xla": speed / speeds["cnnjax xla"]})
     print(common.markdown(rows[-len(speeds):], list(rows[-1])), flush=True)
   return rows
 
@@ -167,7 +167,8 @@ def section_train(args) -> list:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sections", default="convolutions,train")
-  parser.add_argument("--models", default="simple_cnn,resnet20,resnet50")
+  parser.add_argument("--models", default="simple_cnn,resnet20,vgg16,resnet50")
+  parser.add_argument("--torch_compile", action="store_true", help="add torch.compile to the training rows")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--target", type=float, default=0.3, help="seconds per timed repeat")
   parser.add_argument("--out", help="write OUT.md and OUT.json")

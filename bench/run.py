@@ -54,13 +54,7 @@ from cnnjax.train import step as step_lib  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared"
 LEARNING_RATE = 0.01
-# name: (image size, batch, classes, cnnjax options)
-TRAIN_ROWS = {
-    "simple_cnn": (32, 128, 10, {}),
-    "resnet20": (32, 128, 10, {}),
-    "vgg16": (32, 64, 10, {"batch_norm": True, "head": "gap"}),  # configs/vgg16.py's CIFAR VGG16
-    "resnet50": (224, 16, 1000, {"stride_on_3x3": True}),  # torchvision's v1.5
-}
+TRAIN_ROWS = common.TRAIN_ROWS
 # name: (image size, Grad-CAM layer in cnnjax, its torch module path)
 LOOPED_IMAGES = 4
 # cnnjax rows compile with cnnjax's XLA:CPU setting (what `import cnnjax` puts in XLA_FLAGS); `--variants` adds
