@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import common  # noqa: E402
 import peers  # noqa: E402  (tests/peers.py: the same weights in torch and cnnjax)
 from cnnjax import explain  # noqa: E402
+from cnnjax.models import onednn  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared"
 PEER_BATCH = 64  # pytorch-grad-cam's batch_size and captum's perturbations_per_eval, as the issue sets them
@@ -117,7 +118,8 @@ def section_resnet20(args, rows):
   torch_model, model, variables = peers.resnet20_pair(SHARED)
   images = np.random.default_rng(1).normal(size=(32, 32, 32, 3)).astype(np.float32)
   targets = np.random.default_rng(1).integers(0, 10, 32)
-  cases = resnet20_cases(torch_model, model, variables, images, targets)
+  cases = {name: case for name, case in resnet20_cases(torch_model, model, variables, images, targets).items()
+           if not args.methods or name.split(" ")[0] in args.methods}
   calls, compiles, forwards = {}, {}, {}
   for name, (function, options, peer) in cases.items():
     call, compiles[name], forwards[name] = _cnnjax(function, model, variables, jnp.asarray(images),
@@ -133,6 +135,8 @@ def section_resnet20(args, rows):
                  "cnnjax forwards": forwards[name], "compile s": compiles[name],
                  "error": ours.get("error") or theirs.get("error")})
 
+  if args.methods and "gradcam" not in args.methods:
+    return
   # Ten classes in one (B, 10) call against ten single-class calls, batch 128.
   images = jnp.asarray(np.random.default_rng(3).normal(size=(128, 32, 32, 3)).astype(np.float32))
   every = jnp.tile(jnp.arange(10), (128, 1))
@@ -177,16 +181,22 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--target", type=float, default=1.0, help="seconds per timed repeat")
   parser.add_argument("--resnet50-batch", type=int, default=1)
+  parser.add_argument("--methods", help="comma-separated resnet20 rows to run (their first word; 'gradcam' for "
+                      "the (B, 10) row); default all")
   args = parser.parse_args()
+  args.methods = args.methods.split(",") if args.methods else None
   torch.set_num_threads(max(1, torch.get_num_threads()))
+  onednn.available()  # 'auto' takes oneDNN for the shapes of xla_cpu.ONEDNN_WINS where the library is built
   rows = []
   section_resnet20(args, rows)
   if not args.quick:
     section_resnet50(args, rows)
   columns = ["model", "batch", "method", "cnnjax s", "peer s", "speed-up", "cnnjax forwards", "compile s", "error"]
   common.print_report(rows, columns)
-  stem = HERE / "results" / f"{datetime.date.today().isoformat()}-explain-peers{'-quick' if args.quick else ''}"
-  stem.with_suffix(".json").write_text(json.dumps({"environment": common.environment(), "rows": rows}, indent=1,
+  stem = HERE / "results" / (f"{datetime.date.today().isoformat()}-explain-peers{'-quick' if args.quick else ''}"
+                             f"{'-subset' if args.methods else ''}")
+  environment = {**common.environment(), "onednn": onednn.version()}  # None: XLA's kernels alone
+  stem.with_suffix(".json").write_text(json.dumps({"environment": environment, "rows": rows}, indent=1,
                                                   default=float))
   stem.with_suffix(".md").write_text(common.markdown(rows, columns) + "\n")
 

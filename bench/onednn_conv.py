@@ -5,11 +5,12 @@ against PyTorch (its oneDNN), side by side in one process (issue 18):
                 (batch 16, 224px), bench/conv_breakdown.py's: forward, input gradient (backward-data) and kernel
                 gradient (backward-weights), ms per call.
   train         one Adam step of bench/run.py's training rows (simple_cnn, resnet20 at batch 128 and vgg16 at 64,
-                32px; resnet50 at 16, 224px): cnnjax on 'auto' with oneDNN disabled (XLA's kernels), cnnjax on
-                'onednn', PyTorch eager (at 1 thread and at every core, see TORCH_THREADS), torch.compile.
+                32px; resnet50 at 16, 224px): cnnjax with oneDNN disabled (XLA's kernels), on 'onednn' (oneDNN
+                for every convolution), on 'auto' (xla_cpu.ONEDNN_WINS: oneDNN per shape and op), PyTorch eager (at 1 thread and at every core, see TORCH_THREADS), torch.compile.
 
   python bench/onednn_conv.py [--sections convolutions,train] [--models ...] [--torch_compile] [--repeats 3]
                              [--out bench/results/NAME]
+  python bench/onednn_conv.py --table_from NAME.json ...   # prints xla_cpu.ONEDNN_WINS from the per-shape rows
 
 Builds the library first if it is not built. Prints Markdown tables (and writes NAME.md / NAME.json with the
 machine, versions, date and load average when --out is given).
@@ -40,12 +41,14 @@ from cnnjax.train import step as step_lib  # noqa: E402
 
 SHAPES = conv_breakdown.SHAPES  # (count in the model, batch, H, W, C_in, C_out, kernel, stride) per model
 TRAIN_ROWS = common.TRAIN_ROWS  # name: (size, batch, classes, cnnjax options)
-PATHS = {"xla": "auto", "onednn": "onednn"}  # contender -> CNNJAX_KERNELS path
+# contender -> (CNNJAX_KERNELS path, work-arounds disabled): XLA alone, oneDNN for all, 'auto' with its table
+PATHS = {"xla": ("auto", ("onednn",)), "onednn": ("onednn", ()), "auto": ("auto", ())}
+CONV_CONTENDERS = ("xla", "onednn")  # per shape the table is what is measured, so 'auto' is not timed there
 OPS = ("forward", "grad input", "grad kernel")
 
 
-def cnnjax_conv_ops(path: str, batch, height, width, c_in, c_out, kernel, stride):
-  """{op: call} of cnnjax's own convolution (`xla_cpu.conv`, as the layers call it) traced along `path`, with
+def cnnjax_conv_ops(contender: str, batch, height, width, c_in, c_out, kernel, stride):
+  """{op: call} of cnnjax's own convolution (`xla_cpu.conv`, as the layers call it) compiled as `contender`, with
   the inputs conv_breakdown gives PyTorch (symmetric padding kernel // 2)."""
   rng = np.random.default_rng(0)
   pad = kernel // 2
@@ -56,7 +59,8 @@ def cnnjax_conv_ops(path: str, batch, height, width, c_in, c_out, kernel, stride
   functions = {"forward": lambda x, w, dy: conv(x, w),
                "grad input": lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0],
                "grad kernel": lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]}
-  with xla_cpu.kernels(path, disable="onednn" if path == "auto" else ()):  # 'auto' as XLA alone, table or not
+  path, disable = PATHS[contender]
+  with xla_cpu.kernels(path, disable=disable):
     compiled = {op: jax.jit(function).lower(x, w, dy).compile() for op, function in functions.items()}
   return {op: functools.partial(call, x, w, dy) for op, call in compiled.items()}
 
@@ -79,7 +83,7 @@ def section_convolutions(args) -> list:
   for model in args.models:
     for count, *shape in SHAPES[model]:
       flops, torch_ops = conv_breakdown.conv_ops(*shape)
-      ours = {contender: cnnjax_conv_ops(path, *shape) for contender, path in PATHS.items()}
+      ours = {contender: cnnjax_conv_ops(contender, *shape) for contender in CONV_CONTENDERS}
       calls = {(op, contender): ours[contender][op] for op in OPS for contender in ours}
       calls.update({(op, f"torch {threads}t"): with_torch_threads(threads, torch_ops[op][1])
                     for op in OPS for threads in TORCH_THREADS})
@@ -106,8 +110,8 @@ def section_convolutions(args) -> list:
   return rows
 
 
-def cnnjax_train(name: str, size: int, batch: int, classes: int, options: dict, path: str):
-  """One Adam step of cnnjax's train_step (donated state), compiled along `path`."""
+def cnnjax_train(name: str, size: int, batch: int, classes: int, options: dict, contender: str):
+  """One Adam step of cnnjax's train_step (donated state), compiled as `contender` (PATHS)."""
   model = models.create(name, num_classes=classes, **options)
   state = step_lib.create_train_state(model, optax.adam(1e-3), (size, size, 3), seed=0)
   step = jax.jit(functools.partial(step_lib.train_step, model=model, num_classes=classes,
@@ -115,7 +119,8 @@ def cnnjax_train(name: str, size: int, batch: int, classes: int, options: dict, 
   rng = np.random.default_rng(0)
   inputs = {"images": jnp.asarray(rng.integers(0, 256, (batch, size, size, 3), np.uint8)),
             "labels": jnp.asarray(rng.integers(0, classes, batch))}
-  with xla_cpu.kernels(path, disable="onednn" if path == "auto" else ()):
+  path, disable = PATHS[contender]
+  with xla_cpu.kernels(path, disable=disable):
     compiled = step.lower(state, inputs).compile()
   cell = {"state": state}
 
@@ -148,8 +153,8 @@ def section_train(args) -> list:
     if name not in TRAIN_ROWS:
       continue
     size, batch, classes, options = TRAIN_ROWS[name]
-    calls = {f"cnnjax {contender}": cnnjax_train(name, size, batch, classes, options, path)
-             for contender, path in PATHS.items()}
+    calls = {f"cnnjax {contender}": cnnjax_train(name, size, batch, classes, options, contender)
+             for contender in PATHS}
     calls.update({f"torch eager {threads}t": with_torch_threads(threads, torch_train(name, size, batch, classes))
                   for threads in TORCH_THREADS})
     if args.torch_compile:
@@ -164,6 +169,37 @@ def section_train(args) -> list:
   return rows
 
 
+TABLE_THRESHOLD = 1.05  # oneDNN takes an op measured at least this much faster than XLA (run-to-run noise ~3%)
+OP_NAMES = {"forward": "forward", "grad input": "input_gradient", "grad kernel": "kernel_gradient"}
+
+
+def wins_table(paths) -> str:
+  """xla_cpu.ONEDNN_WINS's entries, as Python source, from the 'convolutions' rows of these OUT.json files."""
+  entries = {}  # (H, W, C_in, C_out, kh, kw, sh, sw) -> (model, ops)
+  for path in paths:
+    for row in json.loads(Path(path).read_text())["convolutions"]:
+      shape = row["shape N x H x W x Cin x Cout k/s"]
+      if shape.startswith("total"):
+        continue
+      dims, window = shape.split(" ")
+      _, height, width, c_in, c_out = map(int, dims.split("x"))
+      kernel, stride = map(int, window[1:].split("/"))
+      _, ops = entries.setdefault((height, width, c_in, c_out, kernel, kernel, stride, stride), (row["model"], set()))
+      if row["onednn / xla speed"] >= TABLE_THRESHOLD:
+        ops.add(OP_NAMES[row["op"]])
+  lines, model = [], None
+  for key, (row_model, ops) in entries.items():
+    if row_model != model:
+      lines.append(f"    # {row_model}")
+      model = row_model
+    ops = tuple(op for op in onednn.OPS if op in ops)
+    if not ops:
+      lines.append(f"    # {key}: XLA's for all three")
+    else:
+      lines.append(f"    {key}: {'_ALL' if ops == onednn.OPS else ops},")
+  return "\n".join(lines)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sections", default="convolutions,train")
@@ -172,7 +208,11 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--target", type=float, default=0.3, help="seconds per timed repeat")
   parser.add_argument("--out", help="write OUT.md and OUT.json")
+  parser.add_argument("--table_from", nargs="+", help="print xla_cpu.ONEDNN_WINS from these OUT.json files")
   args = parser.parse_args()
+  if args.table_from:
+    print(wins_table(args.table_from))
+    return
   args.models = args.models.split(",")
   onednn.build()
   if not onednn.available(explicitly_asked=True):

@@ -26,6 +26,20 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+@pytest.fixture(autouse=True)
+def xla_kernels_outside_the_onednn_tests(request):
+  """Every test but tests/test_onednn.py's traces with XLA:CPU's kernels: once that module has built and loaded
+  the oneDNN library in a worker, 'auto' would give oneDNN the convolutions of its table in whichever tests the
+  worker ran next, so programs and last digits would depend on the order xdist runs them in. (It builds the
+  library in a folder of its own, so train.py's subprocesses do not find it either.)"""
+  if request.module.__name__ == "test_onednn":
+    yield
+    return
+  from cnnjax.models import xla_cpu
+  with xla_cpu.kernels(disable="onednn"):
+    yield
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
   if not (SHARED / "data").is_dir():

@@ -3,8 +3,9 @@ gradients on several geometries, programs lowered for CPU on the 'onednn' path h
 convolution, a small ResNet trains the same on both paths, results repeat bit for bit, and without the library
 cnnjax says so once and computes with XLA's kernels.
 
-The library is built here if it is not (cnnjax.models.onednn.build: one g++ run, about 15 s on 2 cores; then
-cached), so CI exercises it; requirements-dev.txt installs oneDNN."""
+The library is built here, in a folder of its own (cnnjax.models.onednn.build: one g++ run, about 10 s on 2
+cores), so CI exercises it; requirements-dev.txt installs oneDNN. Only this module's tests trace with it
+(conftest.py)."""
 import logging
 
 import jax
@@ -22,9 +23,11 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def library():
-  path = onednn.build()
-  assert onednn.available(explicitly_asked=True), path
+def library(tmp_path_factory):
+  with pytest.MonkeyPatch.context() as patch:  # a folder of its own: see conftest's xla_kernels_outside_...
+    patch.setenv("CNNJAX_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    path = onednn.build()
+    assert onednn.available(explicitly_asked=True), path
   return path
 
 
@@ -73,7 +76,7 @@ def test_the_kernels_give_lax_values_and_gradients(geometry):
   _assert_close(have, want)
 
 
-def test_the_onednn_path_lowers_cpu_convolutions_to_the_custom_calls_and_auto_keeps_xla():
+def test_the_onednn_path_lowers_cpu_convolutions_to_the_custom_calls_and_auto_keeps_xla(monkeypatch):
   model = models.create("simple_cnn", num_classes=3)
   images = jnp.zeros((2, 32, 32, 3), jnp.float32)
   variables = jax.eval_shape(lambda images: model.init(jax.random.key(0), images), images)
@@ -88,7 +91,8 @@ def test_the_onednn_path_lowers_cpu_convolutions_to_the_custom_calls_and_auto_ke
   for target in onednn.TARGETS.values():
     assert target in text, target
   assert "stablehlo.convolution" not in text
-  auto = lowered("auto")  # ONEDNN_WINS holds no simple_cnn shape: auto's program is XLA's, as before
+  monkeypatch.setattr(xla_cpu, "ONEDNN_WINS", {})
+  auto = lowered("auto")  # with an empty table auto's program is XLA's
   assert "cnnjax_onednn" not in auto and "stablehlo.convolution" in auto
   assert "cnnjax_onednn" not in lowered("onednn", disable="onednn")
 
@@ -102,10 +106,47 @@ def test_auto_takes_onednn_for_the_shapes_of_its_table_alone(monkeypatch):
       return xla_cpu.conv(xla_cpu.conv(images, first, (1, 1), "SAME"), second, (2, 2), "SAME")
     return jax.jit(forward).lower(images, first, second).as_text()
   assert "cnnjax_onednn" not in lowered()
-  monkeypatch.setattr(xla_cpu, "ONEDNN_WINS", frozenset({(12, 12, 3, 8, 3, 3, 1, 1)}))
+  monkeypatch.setattr(xla_cpu, "ONEDNN_WINS", {})
+  assert "cnnjax_onednn" not in lowered()
+  monkeypatch.setattr(xla_cpu, "ONEDNN_WINS", {(12, 12, 3, 8, 3, 3, 1, 1): onednn.OPS})
   text = lowered()
   assert text.count("cnnjax_onednn_conv_forward") == 1 and text.count("stablehlo.convolution") == 1
 
+
+@pytest.mark.parametrize("ops", [("input_gradient",), ("forward", "kernel_gradient")])
+def test_auto_splits_a_convolution_between_onednn_and_xla_by_op_as_its_table_says(monkeypatch, ops):
+  rng = np.random.default_rng(3)
+  images = jnp.asarray(rng.standard_normal((2, 12, 12, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 8)), jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal((2, 12, 12, 8)), jnp.float32)
+  monkeypatch.setattr(xla_cpu, "ONEDNN_WINS", {(12, 12, 3, 8, 3, 3, 1, 1): ops})
+
+  def value_and_gradients(images, kernel, cotangent):  # fresh per case: jit caches a trace by function
+    return _value_and_gradients(lambda x, w: xla_cpu.conv(x, w, (1, 1), "SAME"), images, kernel, cotangent)
+  text = jax.jit(value_and_gradients).lower(images, kernel, cotangent).as_text()
+  targets = {"forward": "cnnjax_onednn_conv_forward", "input_gradient": "cnnjax_onednn_conv_backward_data",
+             "kernel_gradient": "cnnjax_onednn_conv_backward_weights"}
+  assert [op for op, target in targets.items() if target in text] == list(ops)
+  assert text.count("stablehlo.convolution") == 3 - len(ops)  # the other ops stay XLA's
+  want = _value_and_gradients(lambda x, w: _lax_conv(x, w, (1, 1), ((1, 1), (1, 1))), images, kernel, cotangent)
+  _assert_close(jax.jit(value_and_gradients)(images, kernel, cotangent), want)
+
+
+
+def test_auto_gives_oneDNN_the_ops_its_shipped_table_lists_for_each_shape():
+  assert xla_cpu.ONEDNN_WINS, "the table of bench/onednn_conv.py's measured wins"
+  targets = {"forward": "cnnjax_onednn_conv_forward", "input_gradient": "cnnjax_onednn_conv_backward_data",
+             "kernel_gradient": "cnnjax_onednn_conv_backward_weights"}
+  for (height, width, c_in, c_out, kh, kw, sh, sw), ops in xla_cpu.ONEDNN_WINS.items():
+    assert ops and set(ops) <= set(onednn.OPS), ops
+    images = jnp.zeros((1, height, width, c_in), jnp.float32)
+    kernel, pads = jnp.zeros((kh, kw, c_in, c_out), jnp.float32), ((kh // 2, kh // 2), (kw // 2, kw // 2))
+
+    def value_and_gradients(images, kernel):  # fresh per shape: jit caches a trace by function
+      outputs, pullback = jax.vjp(lambda x, w: xla_cpu.conv(x, w, (sh, sw), pads), images, kernel)
+      return outputs, pullback(outputs)
+    text = jax.jit(value_and_gradients).lower(images, kernel).as_text()
+    assert [op for op, target in targets.items() if target in text] == list(ops), (height, width, c_in, c_out)
 
 def _trainer(path: str):
   """A function running a few Adam steps of resnet20 (BatchNorm on batch statistics) at 16px from the same

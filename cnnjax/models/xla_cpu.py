@@ -27,8 +27,9 @@ pass. Forward mode (jvp) is unavailable wherever a custom VJP is staged, as for 
 
 A fifth way is oneDNN's convolution kernels, the ones PyTorch runs on CPU, as XLA:CPU custom calls
 (`cnnjax.models.onednn`, an optional library built by `python -m cnnjax.models.onednn build`): where a program is
-lowered for CPU a float32 ungrouped convolution takes them under the path 'onednn', and under 'auto' only when
-its shape is in `ONEDNN_WINS` (measured faster than XLA:CPU with the work-arounds, bench/onednn_conv.py); without
+lowered for CPU a float32 ungrouped convolution takes them under the path 'onednn', and under 'auto' for the ops
+(forward, input gradient, kernel gradient) that `ONEDNN_WINS` lists for its shape (measured faster than XLA:CPU
+with the work-arounds, bench/onednn_conv.py), XLA computing the others; without
 the library cnnjax says so once in the log and keeps XLA's kernels.
 
 `kernels(path, disable=...)` and the environment variable CNNJAX_KERNELS force a path: 'auto' (the default, per
@@ -126,15 +127,20 @@ def conv(inputs, kernel, strides: Sequence[int], padding: Padding, feature_group
   strides = tuple(strides)
   portable = functools.partial(_lax_conv, strides=strides, padding=padding, feature_group_count=feature_group_count)
   pairs = tuple(map(tuple, _window_geometry(inputs.shape[1:3], kernel.shape[:2], strides, padding)[0]))
-  if _uses_onednn(inputs, kernel, strides, pairs, feature_group_count):
-    return lax.platform_dependent(inputs, kernel, default=portable,
-                                  cpu=lambda inputs, kernel: onednn.conv(inputs, kernel, strides, pairs))
   workaround = _conv_workaround(inputs.shape[1:3], kernel.shape[:2], strides, feature_group_count)
   if workaround is None:
+    xla = portable
+  else:
+    version = {"conv_as_matmul": conv_as_matmul, "strided_conv": strided_conv}[workaround]
+    xla = lambda inputs, kernel: version(inputs, kernel, strides, padding)
+  ops = _onednn_ops(inputs, kernel, strides, pairs, feature_group_count)
+  if ops:
+    return lax.platform_dependent(inputs, kernel, default=portable,
+                                  cpu=lambda inputs, kernel: onednn.conv(inputs, kernel, strides, pairs, (1, 1),
+                                                                         ops, xla))
+  if workaround is None:
     return portable(inputs, kernel)
-  version = {"conv_as_matmul": conv_as_matmul, "strided_conv": strided_conv}[workaround]
-  return _per_platform(workaround, lambda inputs, kernel: version(inputs, kernel, strides, padding), portable,
-                       inputs, kernel)
+  return _per_platform(workaround, xla, portable, inputs, kernel)
 
 
 def _conv_workaround(spatial: Sequence[int], kernel_size: Sequence[int], strides: Sequence[int],
@@ -148,22 +154,72 @@ def _conv_workaround(spatial: Sequence[int], kernel_size: Sequence[int], strides
   return next((name for name, used in applies.items() if used and name not in _disabled.get()), None)
 
 
-# Convolutions (H, W, C_in, C_out, kh, kw, stride_h, stride_w) that 'auto' gives oneDNN, where the library is
-# built: those it computes faster than XLA:CPU with cnnjax's work-arounds, forward and both gradients together
-# (bench/onednn_conv.py). Empty so far: the first table (bench/RESULTS.md, 2026-12-02) was taken on a machine
-# loaded 7x over, where rows flipped between 0.7x and 1.5x.
-ONEDNN_WINS = frozenset()
+# The convolutions (H, W, C_in, C_out, kh, kw, stride_h, stride_w) and the ops of each (onednn.OPS) that 'auto'
+# gives oneDNN, where the library is built: those it computes faster than XLA:CPU with cnnjax's work-arounds on
+# this project's CPU (bench/onednn_conv.py; the table and its run in bench/RESULTS.md).
+_ALL = onednn.OPS
+ONEDNN_WINS = {
+    # simple_cnn
+    (32, 32, 3, 6, 3, 3, 1, 1): _ALL,
+    (30, 30, 6, 16, 3, 3, 1, 1): _ALL,
+    (15, 15, 16, 16, 3, 3, 1, 1): _ALL,
+    (13, 13, 16, 32, 3, 3, 1, 1): _ALL,
+    # resnet20
+    (32, 32, 3, 16, 3, 3, 1, 1): _ALL,
+    (32, 32, 16, 16, 3, 3, 1, 1): _ALL,
+    (32, 32, 16, 32, 3, 3, 2, 2): ('input_gradient', 'kernel_gradient'),
+    (16, 16, 32, 32, 3, 3, 1, 1): _ALL,
+    (16, 16, 32, 64, 3, 3, 2, 2): _ALL,
+    (8, 8, 64, 64, 3, 3, 1, 1): _ALL,
+    # vgg16
+    (32, 32, 3, 64, 3, 3, 1, 1): _ALL,
+    (32, 32, 64, 64, 3, 3, 1, 1): _ALL,
+    (16, 16, 64, 128, 3, 3, 1, 1): _ALL,
+    (16, 16, 128, 128, 3, 3, 1, 1): _ALL,
+    (8, 8, 128, 256, 3, 3, 1, 1): _ALL,
+    (8, 8, 256, 256, 3, 3, 1, 1): _ALL,
+    (4, 4, 256, 512, 3, 3, 1, 1): ('forward', 'input_gradient'),
+    (4, 4, 512, 512, 3, 3, 1, 1): ('forward', 'input_gradient'),
+    # (2, 2, 512, 512, 3, 3, 1, 1): XLA's for all three
+    # resnet50
+    (224, 224, 3, 64, 7, 7, 2, 2): _ALL,
+    (56, 56, 256, 64, 1, 1, 1, 1): ('kernel_gradient',),
+    (56, 56, 64, 64, 3, 3, 1, 1): _ALL,
+    (56, 56, 64, 256, 1, 1, 1, 1): ('input_gradient', 'kernel_gradient'),
+    (56, 56, 256, 128, 1, 1, 1, 1): ('input_gradient', 'kernel_gradient'),
+    (56, 56, 128, 128, 3, 3, 2, 2): ('forward', 'input_gradient'),
+    (56, 56, 256, 512, 1, 1, 2, 2): ('kernel_gradient',),
+    (28, 28, 128, 512, 1, 1, 1, 1): ('input_gradient', 'kernel_gradient'),
+    (28, 28, 512, 128, 1, 1, 1, 1): ('forward', 'kernel_gradient'),
+    (28, 28, 128, 128, 3, 3, 1, 1): _ALL,
+    (28, 28, 512, 256, 1, 1, 1, 1): ('forward', 'kernel_gradient'),
+    (28, 28, 256, 256, 3, 3, 2, 2): _ALL,
+    (28, 28, 512, 1024, 1, 1, 2, 2): ('input_gradient', 'kernel_gradient'),
+    (14, 14, 256, 1024, 1, 1, 1, 1): ('input_gradient', 'kernel_gradient'),
+    (14, 14, 1024, 256, 1, 1, 1, 1): ('forward', 'kernel_gradient'),
+    (14, 14, 256, 256, 3, 3, 1, 1): _ALL,
+    # (14, 14, 1024, 512, 1, 1, 1, 1): XLA's for all three
+    (14, 14, 512, 512, 3, 3, 2, 2): ('forward',),
+    (14, 14, 1024, 2048, 1, 1, 2, 2): ('forward', 'kernel_gradient'),
+    (7, 7, 512, 2048, 1, 1, 1, 1): ('forward', 'kernel_gradient'),
+    (7, 7, 2048, 512, 1, 1, 1, 1): ('input_gradient', 'kernel_gradient'),
+    (7, 7, 512, 512, 3, 3, 1, 1): ('forward', 'input_gradient'),
+}
 
 
-def _uses_onednn(inputs, kernel, strides: Sequence[int], pairs, feature_group_count: int) -> bool:
-  """Whether a convolution traced now goes to oneDNN where the program runs on CPU: on the 'onednn' path every
-  one it supports, on 'auto' those in ONEDNN_WINS; either only if the library is loaded (else said once)."""
+def _onednn_ops(inputs, kernel, strides: Sequence[int], pairs, feature_group_count: int) -> Tuple[str, ...]:
+  """The ops of a convolution traced now that oneDNN computes where the program runs on CPU: on the 'onednn'
+  path all of a convolution it supports, on 'auto' those ONEDNN_WINS lists; none unless the library is loaded
+  (else said once)."""
   path = _path_for("onednn")
   if path not in ("auto", "onednn") or not onednn.supports(inputs, kernel, pairs, feature_group_count):
-    return False
-  if path == "auto" and (*inputs.shape[1:], kernel.shape[3], *kernel.shape[:2], *strides) not in ONEDNN_WINS:
-    return False
-  return onednn.available(explicitly_asked=path == "onednn")
+    return ()
+  ops = onednn.OPS
+  if path == "auto":
+    ops = ONEDNN_WINS.get((*inputs.shape[1:], kernel.shape[3], *kernel.shape[:2], *strides), ())
+  if not ops or not onednn.available(explicitly_asked=path == "onednn"):
+    return ()
+  return tuple(op for op in onednn.OPS if op in ops)
 
 
 def max_pooling(inputs, window: Sequence[int], strides: Sequence[int], padding: Padding):

@@ -231,8 +231,12 @@ def _call(direction: str, out_shape, operands, strides, padding, dilation):
   return batched(*operands)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv(inputs, kernel, strides: Tuple[int, int], padding: Pairs, dilation: Tuple[int, int] = (1, 1)):
+OPS = ("forward", "input_gradient", "kernel_gradient")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def conv(inputs, kernel, strides: Tuple[int, int], padding: Pairs, dilation: Tuple[int, int] = (1, 1),
+         ops: Tuple[str, ...] = OPS, fallback=None):
   """`lax.conv_general_dilated(inputs, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=
   ('NHWC', 'HWIO', 'NHWC'))` by oneDNN; its gradients are oneDNN's backward-data and backward-weights
   convolutions (`supports` must hold; the library must be `available()`).
@@ -242,26 +246,33 @@ def conv(inputs, kernel, strides: Tuple[int, int], padding: Pairs, dilation: Tup
     kernel: (KH, KW, C, O) float32.
     strides, dilation: per spatial axis (dilation of the kernel, lax's rhs_dilation).
     padding: explicit ((top, bottom), (left, right)), non-negative.
+    ops: which of OPS oneDNN computes; the others are `fallback`'s (its value, or its vjp for a gradient).
+    fallback: `(inputs, kernel) -> outputs`, the same convolution by other kernels; needed unless ops is OPS.
   Returns:
     (N, H', W', O) float32.
   """
-  return _forward(inputs, kernel, strides, padding, dilation)
+  return _conv_forward(inputs, kernel, strides, padding, dilation, ops, fallback)[0]
 
 
-def _forward(inputs, kernel, strides, padding, dilation):
+def _conv_forward(inputs, kernel, strides, padding, dilation, ops, fallback):
+  if "forward" not in ops:
+    return fallback(inputs, kernel), (inputs, kernel)
   spatial = output_spatial(inputs.shape[1:3], kernel.shape[:2], strides, padding, dilation)
-  return _call("forward", (inputs.shape[0], *spatial, kernel.shape[3]), (inputs, kernel), strides, padding,
-               dilation)
+  outputs = _call("forward", (inputs.shape[0], *spatial, kernel.shape[3]), (inputs, kernel), strides, padding,
+                  dilation)
+  return outputs, (inputs, kernel)
 
 
-def _conv_forward(inputs, kernel, strides, padding, dilation):
-  return _forward(inputs, kernel, strides, padding, dilation), (inputs, kernel)
-
-
-def _conv_backward(strides, padding, dilation, residuals, cotangents):
-  inputs, kernel = residuals
-  input_gradient = _call("backward_data", inputs.shape, (cotangents, kernel), strides, padding, dilation)
-  kernel_gradient = _call("backward_weights", kernel.shape, (inputs, cotangents), strides, padding, dilation)
+def _conv_backward(strides, padding, dilation, ops, fallback, residuals, cotangents):
+  inputs, kernel = residuals  # a fallback's vjp recomputes no forward: XLA drops the unused outputs
+  if "input_gradient" in ops:
+    input_gradient = _call("backward_data", inputs.shape, (cotangents, kernel), strides, padding, dilation)
+  else:
+    input_gradient = jax.vjp(lambda inputs: fallback(inputs, kernel), inputs)[1](cotangents)[0]
+  if "kernel_gradient" in ops:
+    kernel_gradient = _call("backward_weights", kernel.shape, (inputs, cotangents), strides, padding, dilation)
+  else:
+    kernel_gradient = jax.vjp(lambda kernel: fallback(inputs, kernel), kernel)[1](cotangents)[0]
   return input_gradient, kernel_gradient
 
 
