@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-# (count in the model, batch, H, W, C_in, C_out, kernel, stride) with symmetric padding kernel // 2
+# (count in the model, batch, H, W, C_in, C_out, kernel, stride[, padding]): symmetric padding, kernel // 2 unless
+# given (simple_cnn's second and fourth layers are Keras 'valid' convolutions)
 SHAPES = {
     "vgg16": [(1, 64, 32, 32, 3, 64, 3, 1), (1, 64, 32, 32, 64, 64, 3, 1), (1, 64, 16, 16, 64, 128, 3, 1),
               (1, 64, 16, 16, 128, 128, 3, 1), (1, 64, 8, 8, 128, 256, 3, 1), (2, 64, 8, 8, 256, 256, 3, 1),
@@ -37,17 +38,17 @@ SHAPES = {
                  (6, 16, 14, 14, 256, 1024, 1, 1), (5, 16, 14, 14, 1024, 256, 1, 1), (5, 16, 14, 14, 256, 256, 3, 1),
                  (1, 16, 14, 14, 1024, 512, 1, 1), (1, 16, 14, 14, 512, 512, 3, 2), (1, 16, 14, 14, 1024, 2048, 1, 2),
                  (3, 16, 7, 7, 512, 2048, 1, 1), (2, 16, 7, 7, 2048, 512, 1, 1), (2, 16, 7, 7, 512, 512, 3, 1)],
-    "simple_cnn": [(1, 128, 32, 32, 3, 6, 3, 1), (1, 128, 30, 30, 6, 16, 3, 1), (1, 128, 15, 15, 16, 16, 3, 1),
-                   (1, 128, 13, 13, 16, 32, 3, 1)],
+    "simple_cnn": [(1, 128, 32, 32, 3, 6, 3, 1), (1, 128, 32, 32, 6, 16, 3, 1, 0), (1, 128, 15, 15, 16, 16, 3, 1),
+                   (1, 128, 15, 15, 16, 32, 3, 1, 0)],
     "resnet20": [(1, 128, 32, 32, 3, 16, 3, 1), (6, 128, 32, 32, 16, 16, 3, 1), (1, 128, 32, 32, 16, 32, 3, 2),
                  (5, 128, 16, 16, 32, 32, 3, 1), (1, 128, 16, 16, 32, 64, 3, 2), (5, 128, 8, 8, 64, 64, 3, 1)],
 }
 
 
-def conv_ops(batch, height, width, c_in, c_out, kernel, stride):
+def conv_ops(batch, height, width, c_in, c_out, kernel, stride, pad=None):
   """{op: (xla call, torch call)} and the op's FLOPs (multiply-adds x 2)."""
   rng = np.random.default_rng(0)
-  pad = kernel // 2
+  pad = kernel // 2 if pad is None else pad
   x = rng.standard_normal((batch, height, width, c_in), np.float32)
   w = rng.standard_normal((kernel, kernel, c_in, c_out), np.float32) * 0.05
 

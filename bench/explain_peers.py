@@ -119,7 +119,7 @@ def section_resnet20(args, rows):
   images = np.random.default_rng(1).normal(size=(32, 32, 32, 3)).astype(np.float32)
   targets = np.random.default_rng(1).integers(0, 10, 32)
   cases = {name: case for name, case in resnet20_cases(torch_model, model, variables, images, targets).items()
-           if not args.methods or name.split(" ")[0] in args.methods}
+           if not args.methods or name.startswith(tuple(args.methods))}
   calls, compiles, forwards = {}, {}, {}
   for name, (function, options, peer) in cases.items():
     call, compiles[name], forwards[name] = _cnnjax(function, model, variables, jnp.asarray(images),
@@ -181,8 +181,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--target", type=float, default=1.0, help="seconds per timed repeat")
   parser.add_argument("--resnet50-batch", type=int, default=1)
-  parser.add_argument("--methods", help="comma-separated resnet20 rows to run (their first word; 'gradcam' for "
-                      "the (B, 10) row); default all")
+  parser.add_argument("--methods", help="comma-separated resnet20 rows to run (the start of their names; "
+                      "'gradcam' for the (B, 10) row); default all")
   args = parser.parse_args()
   args.methods = args.methods.split(",") if args.methods else None
   torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -47,11 +47,11 @@ CONV_CONTENDERS = ("xla", "onednn")  # per shape the table is what is measured, 
 OPS = ("forward", "grad input", "grad kernel")
 
 
-def cnnjax_conv_ops(contender: str, batch, height, width, c_in, c_out, kernel, stride):
+def cnnjax_conv_ops(contender: str, batch, height, width, c_in, c_out, kernel, stride, pad=None):
   """{op: call} of cnnjax's own convolution (`xla_cpu.conv`, as the layers call it) compiled as `contender`, with
-  the inputs conv_breakdown gives PyTorch (symmetric padding kernel // 2)."""
+  the inputs conv_breakdown gives PyTorch (symmetric padding, kernel // 2 unless given)."""
   rng = np.random.default_rng(0)
-  pad = kernel // 2
+  pad = kernel // 2 if pad is None else pad
   x = jnp.asarray(rng.standard_normal((batch, height, width, c_in)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, c_in, c_out)) * 0.05, jnp.float32)
   conv = lambda x, w: xla_cpu.conv(x, w, (stride, stride), ((pad, pad), (pad, pad)))
@@ -92,7 +92,7 @@ def section_convolutions(args) -> list:
         ms = {contender: timed[(op, contender)]["median_s"] * 1e3 for contender in ours}
         ms["torch"] = min(timed[(op, f"torch {threads}t")]["median_s"] * 1e3 for threads in TORCH_THREADS)
         rows.append({"model": model, "shape N x H x W x Cin x Cout k/s": "x".join(map(str, shape[:5]))
-                     + f" k{shape[5]}/{shape[6]}", "count": count, "op": op,
+                     + f" k{shape[5]}/{shape[6]}" + (f" p{shape[7]}" if len(shape) > 7 else ""), "count": count, "op": op,
                      "xla ms": ms["xla"], "onednn ms": ms["onednn"], "torch ms": ms["torch"],
                      **{f"torch {t}t ms": timed[(op, f"torch {t}t")]["median_s"] * 1e3 for t in TORCH_THREADS},
                      "onednn / xla speed": ms["xla"] / ms["onednn"],
@@ -174,19 +174,23 @@ OP_NAMES = {"forward": "forward", "grad input": "input_gradient", "grad kernel":
 
 
 def wins_table(paths) -> str:
-  """xla_cpu.ONEDNN_WINS's entries, as Python source, from the 'convolutions' rows of these OUT.json files."""
+  """xla_cpu.ONEDNN_WINS's entries, as Python source, from the 'convolutions' rows of these OUT.json files (a
+  model's rows from the first file that has it: a later run of a model replaces an earlier one)."""
   entries = {}  # (H, W, C_in, C_out, kh, kw, sh, sw) -> (model, ops)
+  taken = set()  # models whose rows an earlier file gave
   for path in paths:
-    for row in json.loads(Path(path).read_text())["convolutions"]:
+    rows = json.loads(Path(path).read_text())["convolutions"]
+    for row in rows:
       shape = row["shape N x H x W x Cin x Cout k/s"]
-      if shape.startswith("total"):
+      if shape.startswith("total") or row["model"] in taken:
         continue
-      dims, window = shape.split(" ")
+      dims, window = shape.split(" ")[:2]
       _, height, width, c_in, c_out = map(int, dims.split("x"))
       kernel, stride = map(int, window[1:].split("/"))
       _, ops = entries.setdefault((height, width, c_in, c_out, kernel, kernel, stride, stride), (row["model"], set()))
       if row["onednn / xla speed"] >= TABLE_THRESHOLD:
         ops.add(OP_NAMES[row["op"]])
+    taken |= {row["model"] for row in rows}
   lines, model = [], None
   for key, (row_model, ops) in entries.items():
     if row_model != model:
