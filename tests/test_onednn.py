@@ -124,9 +124,7 @@ def test_auto_splits_a_convolution_between_onednn_and_xla_by_op_as_its_table_say
   def value_and_gradients(images, kernel, cotangent):  # fresh per case: jit caches a trace by function
     return _value_and_gradients(lambda x, w: xla_cpu.conv(x, w, (1, 1), "SAME"), images, kernel, cotangent)
   text = jax.jit(value_and_gradients).lower(images, kernel, cotangent).as_text()
-  targets = {"forward": "cnnjax_onednn_conv_forward", "input_gradient": "cnnjax_onednn_conv_backward_data",
-             "kernel_gradient": "cnnjax_onednn_conv_backward_weights"}
-  assert [op for op, target in targets.items() if target in text] == list(ops)
+  assert [op for op, target in onednn.TARGETS.items() if target in text] == list(ops)
   assert text.count("stablehlo.convolution") == 3 - len(ops)  # the other ops stay XLA's
   want = _value_and_gradients(lambda x, w: _lax_conv(x, w, (1, 1), ((1, 1), (1, 1))), images, kernel, cotangent)
   _assert_close(jax.jit(value_and_gradients)(images, kernel, cotangent), want)
@@ -135,8 +133,6 @@ def test_auto_splits_a_convolution_between_onednn_and_xla_by_op_as_its_table_say
 
 def test_auto_gives_oneDNN_the_ops_its_shipped_table_lists_for_each_shape():
   assert xla_cpu.ONEDNN_WINS, "the table of bench/onednn_conv.py's measured wins"
-  targets = {"forward": "cnnjax_onednn_conv_forward", "input_gradient": "cnnjax_onednn_conv_backward_data",
-             "kernel_gradient": "cnnjax_onednn_conv_backward_weights"}
   for (height, width, c_in, c_out, kh, kw, sh, sw), ops in xla_cpu.ONEDNN_WINS.items():
     assert ops and set(ops) <= set(onednn.OPS), ops
     images = jnp.zeros((1, height, width, c_in), jnp.float32)
@@ -146,7 +142,7 @@ def test_auto_gives_oneDNN_the_ops_its_shipped_table_lists_for_each_shape():
       outputs, pullback = jax.vjp(lambda x, w: xla_cpu.conv(x, w, (sh, sw), pads), images, kernel)
       return outputs, pullback(outputs)
     text = jax.jit(value_and_gradients).lower(images, kernel).as_text()
-    assert [op for op, target in targets.items() if target in text] == list(ops), (height, width, c_in, c_out)
+    assert [op for op, target in onednn.TARGETS.items() if target in text] == list(ops), (height, width, c_in, c_out)
 
 def _trainer(path: str):
   """A function running a few Adam steps of resnet20 (BatchNorm on batch statistics) at 16px from the same

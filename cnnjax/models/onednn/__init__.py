@@ -41,8 +41,10 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("conv.cc")
 THREADS_VARIABLE = "CNNJAX_ONEDNN_THREADS"
-TARGETS = {"forward": "cnnjax_onednn_conv_forward", "backward_data": "cnnjax_onednn_conv_backward_data",
-           "backward_weights": "cnnjax_onednn_conv_backward_weights"}
+# op -> its custom call: forward, input gradient (oneDNN's backward-data), kernel gradient (backward-weights)
+TARGETS = {"forward": "cnnjax_onednn_conv_forward", "input_gradient": "cnnjax_onednn_conv_backward_data",
+           "kernel_gradient": "cnnjax_onednn_conv_backward_weights"}
+OPS = tuple(TARGETS)
 BUILD_COMMAND = "python -m cnnjax.models.onednn build"
 _ONEDNN_LIBRARY, _TBB_LIBRARY, _OPENCL_CPU_RUNTIME = "libdnnl.so.3", "libtbb.so.12", "libintelocl.so"
 
@@ -221,7 +223,7 @@ def _call(direction: str, out_shape, operands, strides, padding, dilation):
 
   @batched.def_vmap
   def _folded(axis_size, in_batched, activations, other):
-    if not in_batched[0] or in_batched[1] or direction == "backward_weights":
+    if not in_batched[0] or in_batched[1] or direction == "kernel_gradient":
       in_axes = tuple(0 if is_batched else None for is_batched in in_batched)
       return jax.vmap(call, in_axes=in_axes)(activations, other), True
     merged = activations.reshape(axis_size * activations.shape[1], *activations.shape[2:])
@@ -229,9 +231,6 @@ def _call(direction: str, out_shape, operands, strides, padding, dilation):
     return outputs.reshape(axis_size, *out_shape), True
 
   return batched(*operands)
-
-
-OPS = ("forward", "input_gradient", "kernel_gradient")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
@@ -266,11 +265,11 @@ def _conv_forward(inputs, kernel, strides, padding, dilation, ops, fallback):
 def _conv_backward(strides, padding, dilation, ops, fallback, residuals, cotangents):
   inputs, kernel = residuals  # a fallback's vjp recomputes no forward: XLA drops the unused outputs
   if "input_gradient" in ops:
-    input_gradient = _call("backward_data", inputs.shape, (cotangents, kernel), strides, padding, dilation)
+    input_gradient = _call("input_gradient", inputs.shape, (cotangents, kernel), strides, padding, dilation)
   else:
     input_gradient = jax.vjp(lambda inputs: fallback(inputs, kernel), inputs)[1](cotangents)[0]
   if "kernel_gradient" in ops:
-    kernel_gradient = _call("backward_weights", kernel.shape, (inputs, cotangents), strides, padding, dilation)
+    kernel_gradient = _call("kernel_gradient", kernel.shape, (inputs, cotangents), strides, padding, dilation)
   else:
     kernel_gradient = jax.vjp(lambda kernel: fallback(inputs, kernel), kernel)[1](cotangents)[0]
   return input_gradient, kernel_gradient
