@@ -5,7 +5,8 @@ CIFAR-10 CNNs of other architectures in shared/weights/keras_cifar10: the share 
   nice python bench/feature_vis_transfer.py                 # the table of bench/RESULTS.md (a few minutes)
   nice python bench/feature_vis_transfer.py --only default --steps 512   # one recipe, other settings
   nice python bench/feature_vis_transfer.py --timing        # time per image and batch scaling of the default
-  nice python bench/feature_vis_transfer.py --gallery       # docs/feature_vis_{resnet20,mobilenet}.png
+  nice python bench/feature_vis_transfer.py --gallery       # docs/feature_vis_{resnet20,resnet20_channels,mobilenet}.png
+  python bench/feature_vis_transfer.py --gallery channels  # only some of them
 
 Writes bench/results/<date>-feature-vis-transfer.{json,md}.
 """
@@ -81,8 +82,9 @@ def recognised(judge, images: np.ndarray) -> np.ndarray:
   return np.asarray(jnp.argmax(logits, -1)) == np.arange(len(images))
 
 
-def transfer_table(recipes, steps, seeds, log):
-  """One row per recipe: the share of the 10 * seeds class images each judge recognises as their class."""
+def transfer_table(recipes, steps, seeds, log, first_seed=0):
+  """One row per recipe: the share of the 10 * seeds class images (seeds first_seed, first_seed + 1, ...) each judge
+  recognises as their class."""
   model, variables, _ = (everyone := judges())["resnet20"]
   rows = []
   for name, options in recipes.items():
@@ -91,7 +93,7 @@ def transfer_table(recipes, steps, seeds, log):
       options["preprocess"] = "torch"
     started = time.perf_counter()
     scores = {judge: [] for judge in everyone}
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
       inputs = jax.block_until_ready(explain.maximize_activation(model, variables, list(range(CLASSES)),
                                                                  input_shape=(32, 32, 3),
                                                                  seed=seed, **options))
@@ -102,6 +104,7 @@ def transfer_table(recipes, steps, seeds, log):
     scores = {judge: np.stack(values) for judge, values in scores.items()}  # (seeds, classes)
     others = [float(np.mean(scores[judge])) for judge in everyone if judge != "resnet20"]
     row = {"recipe": name, "options": {k: str(v)[:200] for k, v in options.items()}, "seeds": seeds,
+           "first_seed": first_seed,
            "seconds": seconds, "resnet20": float(np.mean(scores["resnet20"])), "keras_mean": float(np.mean(others)),
            **{judge: float(np.mean(scores[judge])) for judge in everyone if judge != "resnet20"},
            "keras_votes_per_class": np.sum([scores[j] for j in everyone if j != "resnet20"], (0, 1)).tolist()}
@@ -126,15 +129,27 @@ def timing(log):
   return rows
 
 
-def galleries(steps, docs: Path, log):
-  """docs/feature_vis_resnet20.png (the ten CIFAR classes) and docs/feature_vis_mobilenet.png (ImageNet classes of
-  the shipped MobileNet 0.25), both with maximize_activation's defaults."""
+GALLERIES = ("resnet20", "channels", "mobilenet")
+
+
+def galleries(steps, docs: Path, log, which=GALLERIES):
+  """README figures, with maximize_activation's defaults: docs/feature_vis_resnet20.png (the ten CIFAR classes),
+  docs/feature_vis_resnet20_channels.png (16 channels of resnet20's conv3_block3_out) and
+  docs/feature_vis_mobilenet.png (ImageNet classes of the shipped MobileNet 0.25); `which` names those to draw."""
   model, variables = pretrained.load(str(RESNET20))
-  names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-  pixels = explain.maximize_activation(model, variables, list(range(CLASSES)), input_shape=(32, 32, 3),
-                                       preprocess="torch", steps=steps, return_pixels=True)
-  viz.class_gallery(pixels, names, cols=10, size=1.0, path=docs / "feature_vis_resnet20.png",
-                    title="resnet20 (akamaster), maximize_activation defaults")
+  if "resnet20" in which:
+    names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    pixels = explain.maximize_activation(model, variables, list(range(CLASSES)), input_shape=(32, 32, 3),
+                                         preprocess="torch", steps=steps, return_pixels=True)
+    viz.class_gallery(pixels, names, cols=10, size=1.0, path=docs / "feature_vis_resnet20.png",
+                      title="resnet20 (akamaster), maximize_activation defaults")
+  if "channels" in which:
+    layer, channels = "conv3_block3_out", list(range(16))
+    pixels = explain.maximize_activation(model, variables, layer=layer, filters=channels, input_shape=(32, 32, 3),
+                                         preprocess="torch", steps=steps, return_pixels=True)
+    viz.channel_grid(pixels, f"resnet20 {layer}", channels, path=docs / "feature_vis_resnet20_channels.png")
+  if "mobilenet" not in which:
+    return
   mobilenet = WEIGHTS / "mobilenet" / "mobilenet_2_5_224_tf.h5"
   model, variables = pretrained.load(str(mobilenet))
   short = [name.split(",")[0] for name in pretrained.imagenet_class_names()]
@@ -164,22 +179,28 @@ def main():
   parser.add_argument("--only", default=None, help="run only the recipes whose name contains this")
   parser.add_argument("--timing", action="store_true", help="time per image and batch scaling instead")
   parser.add_argument("--seeds", type=int, default=1, help="seeds per recipe (10 class images each)")
+  parser.add_argument("--first_seed", type=int, default=0,
+                      help="first seed (seeds 0-2 chose the default: a later start checks it on fresh images)")
   parser.add_argument("--tune", action="store_true", help="run the TUNING variations of the default instead")
-  parser.add_argument("--gallery", action="store_true", help="write the README's galleries to --docs instead")
+  parser.add_argument("--gallery", nargs="?", const=",".join(GALLERIES), default=None,
+                      help=f"write the README's galleries to --docs instead (all, or some of {','.join(GALLERIES)})")
   parser.add_argument("--docs", default=str(Path(__file__).resolve().parents[1] / "docs"), help="gallery folder")
   args = parser.parse_args()
   log = lambda line: print(line, flush=True)
   if args.gallery:
-    return galleries(args.steps, Path(args.docs), log)
+    return galleries(args.steps, Path(args.docs), log, args.gallery.split(","))
   stamp = common.environment()
   if args.timing:
     result = {"environment": stamp, "timing": timing(log)}
     stem = "feature-vis-timing"
   else:
     recipes = {k: v for k, v in (TUNING if args.tune else RECIPES).items() if args.only is None or args.only in k}
-    rows = transfer_table(recipes, args.steps, args.seeds, log)
-    result = {"environment": stamp, "steps": args.steps, "seeds": args.seeds, "rows": rows}
+    rows = transfer_table(recipes, args.steps, args.seeds, log, args.first_seed)
+    result = {"environment": stamp, "steps": args.steps, "seeds": args.seeds, "first_seed": args.first_seed,
+              "rows": rows}
     stem = "feature-vis-tuning" if args.tune else "feature-vis-transfer"
+    if args.first_seed:
+      stem += f"-seeds{args.first_seed}-{args.first_seed + args.seeds - 1}"
     print(markdown(rows))
   out = Path(__file__).resolve().parent / "results"
   out.mkdir(exist_ok=True)

@@ -49,6 +49,7 @@ def test_explain_py_writes_figures_activations_and_deletion_scores(trained_run, 
              target="green", layer="conv2d_1", out_dir=str(out), print_fn=lambda line: None)
   assert (out / "0_conv2d_1_activations.png").is_file()
   assert (out / "maximize_1_green.png").is_file()
+  assert (out / "maximize_conv2d_1_channels.png").stat().st_size > 1000  # the --layer's channel grid
 
 
 def test_explain_py_takes_spaces_commas_folders_and_globs_and_never_overwrites_a_figure(trained_run, image_folder,

@@ -22,6 +22,7 @@ from cnnjax.train import experiment
 
 # Beyond the registry's explainers: what else a report can draw or score.
 OTHER_METHODS = ("activations", "maximize", "deletion")
+MAXIMIZED_CHANNELS = 16  # `maximize` with a --layer draws its first channels, at most this many
 METHODS = tuple(registry.METHODS) + OTHER_METHODS
 
 
@@ -84,7 +85,8 @@ def methods_table() -> str:
   """Every --methods name: the registry's explainers (paper, peer), then the report's other outputs."""
   rows = [f"{m.name:22} {m.title:22} {m.paper:26} {m.peer}" for m in registry.METHODS.values()]
   rows += [f"{name:22} {description}" for name, description in (
-      ("activations", "the --layer's feature maps"), ("maximize", "an input maximising the target class"),
+      ("activations", "the --layer's feature maps"),
+      ("maximize", "an input maximising the target class (with --layer: a grid of its first channels too)"),
       ("deletion", "deletion/insertion AUCs of the other maps (deletion.json)"))]
   return "\n".join(rows)
 
@@ -233,7 +235,7 @@ def run(source: ModelSource, image_paths: Sequence[str], *, methods: Sequence[st
   if "activations" in methods:
     summary["files"] += _write_activations(source, inputs, image_paths, layer, out_dir)
   if "maximize" in methods:
-    summary["files"] += _write_maximized(source, targets, inputs.shape[1:], out_dir)
+    summary["files"] += _write_maximized(source, targets, inputs.shape[1:], layer, out_dir)
   if "deletion" in methods:
     summary["deletion"] = _deletion_scores(source, inputs, targets, maps, image_paths, out_dir)
     summary["files"].append(os.path.join(out_dir, "deletion.json"))
@@ -315,13 +317,14 @@ def _write_activations(source: ModelSource, inputs, image_paths, layer, out_dir)
   return files
 
 
-def _write_maximized(source: ModelSource, targets, input_shape, out_dir) -> List[str]:
-  classes = sorted(set(int(t) for t in targets))
+def _write_maximized(source: ModelSource, targets, input_shape, layer, out_dir) -> List[str]:
+  """The target classes' feature visualizations and their gallery; with a --layer, a grid of its first channels."""
   # lucid's recipe (explain/maximize.py): [0, 1] pixels through the run's own preprocessing into the model.
-  pixels = np.asarray(explain.maximize_activation(
-      source.model, source.variables, classes, input_shape=input_shape, return_pixels=True,
-      preprocess=functools.partial(data_lib.preprocess, **source.preprocess),
-      colour="imagenet" if input_shape[-1] == 3 else None))
+  draw = functools.partial(explain.maximize_activation, source.model, source.variables, input_shape=input_shape,
+                           return_pixels=True, preprocess=functools.partial(data_lib.preprocess, **source.preprocess),
+                           colour="imagenet" if input_shape[-1] == 3 else None)
+  classes = sorted(set(int(t) for t in targets))
+  pixels = np.asarray(draw(classes))
   files = []
   for image, index in zip(pixels, classes):
     name = source.class_names[index].split(",")[0].strip().replace(" ", "_").replace("/", "_")
@@ -331,6 +334,14 @@ def _write_maximized(source: ModelSource, targets, input_shape, out_dir) -> List
   if len(classes) > 1:
     file = os.path.join(out_dir, "maximize_gallery.png")
     viz.class_gallery(pixels, [source.class_names[index] for index in classes], path=file)
+    files.append(file)
+  if layer is not None:
+    shape = explain.activations(source.model, source.variables, jnp.zeros((1, *input_shape)), [layer])[layer].shape
+    if len(shape) != 4:
+      raise ValueError(f"layer {layer!r} has output shape {shape[1:]}, not a feature map; pick a conv layer")
+    channels = list(range(min(MAXIMIZED_CHANNELS, shape[-1])))
+    file = os.path.join(out_dir, f"maximize_{layer}_channels.png")
+    viz.channel_grid(np.asarray(draw(layer=layer, filters=channels)), layer, channels, path=file)
     files.append(file)
   return files
 

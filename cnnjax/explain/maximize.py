@@ -245,7 +245,7 @@ def maximize_activation(model, variables, targets: Optional[Units] = None, *, in
       `parameterization.colour_covariance(dataset_images)`), or None (plain RGB).
     squash: 'sigmoid' or 'tanh' to [0, 1] pixels, then `preprocess` (a cnnjax.data preprocess mode such as 'torch'
       or 'tf', or a function of [0, 255] images) into the model's input space; None: the image is the model input.
-    transforms: 'standard' (lucid's pad, jitter, scale, rotate, jitter at twice its ranges, relative to the image
+    transforms: 'standard' (lucid's pad, jitter, scale, rotate, jitter at three times its ranges, relative to the image
       size: `transforms.standard_transforms`), 'lucid' (lucid's own amounts), a sequence of
       `cnnjax.explain.transforms`, or () for none; the transformed image is resized back to the input size.
     steps, lr: Adam steps and learning rate. l2, tv: penalties on mean(x^2) and total variation of the drawn image.
