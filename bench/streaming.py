@@ -4,6 +4,9 @@ mid-epoch + rerun against the uninterrupted run.
 
   nice -n 19 python bench/make_imagenet_folder.py --out /work/imagenet_like     # the folder (never committed)
   python bench/streaming.py --folder /work/imagenet_like --batch 8 --batches 12 --train_steps 8 --workdir /tmp/s
+  # what streaming itself adds: the same run streamed and in memory, on a folder small enough for memory
+  nice -n 19 python bench/make_imagenet_folder.py --out /work/imagenet_small --classes 100 --per_class 8
+  python bench/streaming.py --phase memory --folder /work/imagenet_small --batch 8 --workdir /tmp/m
 
 Phases, one process each where memory matters:
   1. input: this process's training batches of epoch 0 (decode + resize to 224 on grain's threads), images/s;
@@ -16,10 +19,10 @@ Phases, one process each where memory matters:
 import argparse
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,21 +84,30 @@ def throughput(folder: str, batch: int, batches: int) -> dict:
   return result
 
 
-def train_py(workdir: str, folder: str, batch: int, steps: int, kill_after: int = 0) -> dict:
-  """Runs train.py (SIGKILLed once a checkpoint of step >= kill_after exists, if given); its seconds and rc."""
+def train_py(workdir: str, folder: str, batch: int, steps: int, kill_after: int = 0, **fields) -> dict:
+  """Runs train.py (SIGKILLed once a checkpoint of step >= kill_after exists, if given; `fields` are more config
+  overrides); its seconds, rc and its own peak RSS (the child's ru_maxrss, from wait4)."""
   command = [sys.executable, "train.py", "--config", "configs/resnet50_imagenet.py", "--workdir", workdir,
-             *(f"--config.{key}={value}" for key, value in overrides(folder, batch, steps).items())]
+             *(f"--config.{key}={value}" for key, value in {**overrides(folder, batch, steps), **fields}.items())]
   started = time.time()
-  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  if kill_after:
-    latest = Path(workdir) / "checkpoints" / "latest"
-    while process.poll() is None:
-      if latest.is_dir() and any(d.name.isdigit() and int(d.name) >= kill_after for d in latest.iterdir()):
+  latest = Path(workdir) / "checkpoints" / "latest"
+  with tempfile.TemporaryFile("w+") as output:  # a file, not a pipe: nobody reads a pipe while we poll
+    process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, text=True)
+    while True:
+      pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+      if pid:
+        break
+      if kill_after and latest.is_dir() and any(d.name.isdigit() and int(d.name) >= kill_after
+                                                for d in latest.iterdir()):
         process.send_signal(signal.SIGKILL)
+        _, status, usage = os.wait4(process.pid, 0)
         break
       time.sleep(0.1)
-  output, _ = process.communicate()
-  return {"seconds": time.time() - started, "rc": process.returncode, "tail": output[-600:]}
+    process.returncode = os.waitstatus_to_exitcode(status)
+    output.seek(0)
+    tail = output.read()[-600:]
+  return {"seconds": time.time() - started, "rc": process.returncode, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
+          "tail": tail}
 
 
 def main():
@@ -105,10 +117,18 @@ def main():
   parser.add_argument("--batches", type=int, default=12)
   parser.add_argument("--train_steps", type=int, default=8)
   parser.add_argument("--workdir", default="/tmp/streaming-bench")
-  parser.add_argument("--phase", choices=("all", "throughput", "train"), default="all")
+  parser.add_argument("--phase", choices=("all", "throughput", "train", "memory"), default="all")
   args = parser.parse_args()
   if args.phase == "throughput":
     print(json.dumps(throughput(args.folder, args.batch, args.batches)))
+    return
+  last = args.train_steps - 2
+  if args.phase == "memory":  # the same run streamed and in memory: what streaming itself adds to the peak RSS
+    import common
+    runs = {name: train_py(os.path.join(args.workdir, name), args.folder, args.batch, args.train_steps,
+                           kill_after=last, in_memory_limit_gb=limit)
+            for name, limit in (("streamed", 0.0), ("in_memory", 1000.0))}
+    print(json.dumps({**runs, "batch": args.batch, "environment": common.environment()}, indent=2))
     return
   results = {}
   if args.phase == "all":  # in a child process: phase 2's peak RSS must not include phase 1's
@@ -119,13 +139,12 @@ def main():
   # Every run is SIGKILLed once its checkpoint of step `last` (mid-epoch) exists, before the epoch-end evaluation
   # (minutes of ResNet50 inference on 2 cores), so the runs compare their step-`last` checkpoints.
   reference, killed = os.path.join(args.workdir, "reference"), os.path.join(args.workdir, "killed")
-  last = args.train_steps - 2
   results["reference"] = train_py(reference, args.folder, args.batch, args.train_steps, kill_after=last)
-  results["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
+  results["peak_rss_gb"] = results["reference"]["peak_rss_gb"]
   results["killed"] = train_py(killed, args.folder, args.batch, args.train_steps, kill_after=2)
   results["rerun"] = train_py(killed, args.folder, args.batch, args.train_steps, kill_after=last)
-  # ru_maxrss of children: the largest of the three runs (a resumed run also holds the restored checkpoint).
-  results["peak_rss_gb_any_run"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
+  # The largest of the three runs (a resumed run also holds the restored checkpoint).
+  results["peak_rss_gb_any_run"] = max(results[run]["peak_rss_gb"] for run in ("reference", "killed", "rerun"))
 
   import jax
   import numpy as np
