@@ -6,10 +6,41 @@ package imports neither). `run()` is the entry point; train.py and explain.py at
 so do the console scripts `pip install` makes, so both take the same flags.
 """
 import os
+import platform
 import sys
 from typing import Optional
 
 from absl import flags
+
+# glibc's malloc hands XLA:CPU's large per-step buffers to mmap and back every step, so each step faults their pages
+# in again, 4 kB at a time: a quarter of a CPU training run's time went to the kernel (bench/RESULTS.md, "Huge
+# pages"). With this tunable glibc asks for transparent huge pages on those mappings (2 MB a fault).
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+_HUGE_PAGES_GLIBC = (2, 35)  # the first glibc that knows the tunable
+
+
+def use_huge_pages() -> None:
+  """Re-executes the program (same interpreter, flags and arguments) with `GLIBC_TUNABLES` holding
+  HUGE_PAGES_TUNABLE, where it helps: Linux, glibc >= 2.35, transparent huge pages not 'never'. Nothing happens when
+  GLIBC_TUNABLES already sets glibc.malloc.hugetlb (yours wins) or CNNJAX_HUGE_PAGES=0 (the opt-out).
+
+  glibc reads its tunables when a process starts, so a running program can only take them by starting again; call
+  this first thing, before output or threads. The pid, working directory and open files stay the same.
+  """
+  tunables = os.environ.get("GLIBC_TUNABLES", "")
+  if os.environ.get("CNNJAX_HUGE_PAGES") == "0" or "glibc.malloc.hugetlb" in tunables or sys.platform != "linux":
+    return
+  libc, version = platform.libc_ver()
+  try:
+    too_old = tuple(int(part) for part in version.split(".")[:2]) < _HUGE_PAGES_GLIBC
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as file:
+      never = "[never]" in file.read()
+  except (OSError, ValueError):
+    return
+  if libc != "glibc" or too_old or never:
+    return
+  environment = {**os.environ, "GLIBC_TUNABLES": ":".join(filter(None, (tunables, HUGE_PAGES_TUNABLE)))}
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
 
 
 def main_module_flags(module_name: str, doc: Optional[str]) -> None:

@@ -114,5 +114,6 @@ def _explain_dataset(FLAGS, methods, source) -> None:
 
 def run() -> None:
   """The program (console script `cnnjax-explain`; explain.py calls it too)."""
+  cli.use_huge_pages()
   cli.main_module_flags(__name__, __doc__)
   app.run(main)

@@ -98,5 +98,6 @@ def parse_flags(argv: List[str]):
 
 def run() -> None:
   """The program (console script `cnnjax-train`; train.py calls it too)."""
+  cli.use_huge_pages()
   cli.main_module_flags(__name__, __doc__)
   app.run(main, flags_parser=parse_flags)
