@@ -5,7 +5,7 @@ CIFAR-10 CNNs of other architectures in shared/weights/keras_cifar10: the share 
   nice python bench/feature_vis_transfer.py                 # the table of bench/RESULTS.md (a few minutes)
   nice python bench/feature_vis_transfer.py --only default --steps 512   # one recipe, other settings
   nice python bench/feature_vis_transfer.py --timing        # time per image and batch scaling of the default
-  nice python bench/feature_vis_transfer.py --gallery       # docs/feature_vis_{resnet20,resnet20_channels,mobilenet}.png
+  nice python bench/feature_vis_transfer.py --gallery       # the README's docs/feature_vis_*.png
   python bench/feature_vis_transfer.py --gallery channels  # only some of them
 
 Writes bench/results/<date>-feature-vis-transfer.{json,md}.

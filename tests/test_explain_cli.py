@@ -50,6 +50,9 @@ def test_explain_py_writes_figures_activations_and_deletion_scores(trained_run, 
   assert (out / "0_conv2d_1_activations.png").is_file()
   assert (out / "maximize_1_green.png").is_file()
   assert (out / "maximize_conv2d_1_channels.png").stat().st_size > 1000  # the --layer's channel grid
+  with pytest.raises(ValueError, match="'dense' has output shape .*not a feature map; pick a conv layer"):
+    report.run(report.load_workdir(str(trained_run)), images[:1], methods=["maximize"], target="green",
+               layer="dense", out_dir=str(out), print_fn=lambda line: None)
 
 
 def test_explain_py_takes_spaces_commas_folders_and_globs_and_never_overwrites_a_figure(trained_run, image_folder,

@@ -1,7 +1,6 @@
 """cnnjax.cli.use_huge_pages: train.py and explain.py re-execute themselves once with glibc's malloc on transparent
 huge pages, which takes the per-step page faults of XLA:CPU's large buffers away (bench/RESULTS.md, "Huge pages")."""
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -11,16 +10,6 @@ import pytest
 from cnnjax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _applies() -> bool:
-  libc, version = platform.libc_ver()
-  try:
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as file:
-      never = "[never]" in file.read()
-  except OSError:
-    return False
-  return sys.platform == "linux" and libc == "glibc" and tuple(map(int, version.split(".")[:2])) >= (2, 35) and not never
 
 
 def _run(code: str, **environment) -> subprocess.CompletedProcess:
@@ -44,7 +33,7 @@ def test_the_program_restarts_once_in_the_same_process_with_the_tunable():
   done = _run(REEXEC)
   pid, tunables, _ = done.stdout.split(" ", 2)
   starts = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("before")]
-  if _applies():
+  if cli.huge_pages_supported():
     assert tunables == cli.HUGE_PAGES_TUNABLE
     assert starts == [pid, pid]  # re-executed once, same pid (kill -9 and resume see one process)
   else:
@@ -53,10 +42,11 @@ def test_the_program_restarts_once_in_the_same_process_with_the_tunable():
 
 def test_your_tunables_are_kept_and_the_opt_out_leaves_the_environment_alone():
   kept = _run(REEXEC, GLIBC_TUNABLES="glibc.malloc.arena_max=2").stdout.split()[1]
-  assert kept == ("glibc.malloc.arena_max=2:" + cli.HUGE_PAGES_TUNABLE if _applies() else "glibc.malloc.arena_max=2")
+  yours = "glibc.malloc.arena_max=2"
+  assert kept == (f"{yours}:{cli.HUGE_PAGES_TUNABLE}" if cli.huge_pages_supported() else yours)
   assert _run(REEXEC, CNNJAX_HUGE_PAGES="0").stdout.split()[1] == "None"
-  yours = "glibc.malloc.hugetlb=0"
-  assert _run(REEXEC, GLIBC_TUNABLES=yours).stdout.split()[1] == yours
+  hugetlb_yours = "glibc.malloc.hugetlb=0"
+  assert _run(REEXEC, GLIBC_TUNABLES=hugetlb_yours).stdout.split()[1] == hugetlb_yours
 
 
 FAULTS = """
@@ -73,7 +63,8 @@ FAULTS = """
 """
 
 
-@pytest.mark.skipif(not _applies(), reason="needs Linux, glibc >= 2.35 and transparent huge pages")
+@pytest.mark.skipif(not cli.huge_pages_supported(),
+                    reason="needs Linux, glibc >= 2.35 and transparent huge pages")
 def test_the_tunable_takes_the_page_faults_of_large_buffers_away():
   plain = float(_run(FAULTS).stdout)
   huge = float(_run(FAULTS, GLIBC_TUNABLES=cli.HUGE_PAGES_TUNABLE).stdout)

@@ -303,12 +303,18 @@ def _write_figures(images, image_paths, maps, titles, out_dir) -> List[str]:
   return files
 
 
-def _write_activations(source: ModelSource, inputs, image_paths, layer, out_dir) -> List[str]:
-  if layer is None:
-    raise ValueError("--methods activations needs --layer NAME (see cnnjax.explain.layer_names)")
+def _feature_maps(source: ModelSource, inputs, layer) -> np.ndarray:
+  """(B, h, w, C) outputs of `layer`; one line if it has none (activations and maximize draw feature maps)."""
   values = np.asarray(explain.activations(source.model, source.variables, inputs, [layer])[layer])
   if values.ndim != 4:
     raise ValueError(f"layer {layer!r} has output shape {values.shape[1:]}, not a feature map; pick a conv layer")
+  return values
+
+
+def _write_activations(source: ModelSource, inputs, image_paths, layer, out_dir) -> List[str]:
+  if layer is None:
+    raise ValueError("--methods activations needs --layer NAME (see cnnjax.explain.layer_names)")
+  values = _feature_maps(source, inputs, layer)
   files = []
   for index, (path, stem) in enumerate(zip(image_paths, output_stems(image_paths))):
     file = os.path.join(out_dir, f"{stem}_{layer}_activations.png")
@@ -323,6 +329,9 @@ def _write_maximized(source: ModelSource, targets, input_shape, layer, out_dir) 
   draw = functools.partial(explain.maximize_activation, source.model, source.variables, input_shape=input_shape,
                            return_pixels=True, preprocess=functools.partial(data_lib.preprocess, **source.preprocess),
                            colour="imagenet" if input_shape[-1] == 3 else None)
+  if layer is not None:  # checked before minutes of drawing
+    count = _feature_maps(source, jnp.zeros((1, *input_shape)), layer).shape[-1]
+    channels = list(range(min(MAXIMIZED_CHANNELS, count)))
   classes = sorted(set(int(t) for t in targets))
   pixels = np.asarray(draw(classes))
   files = []
@@ -336,10 +345,6 @@ def _write_maximized(source: ModelSource, targets, input_shape, layer, out_dir) 
     viz.class_gallery(pixels, [source.class_names[index] for index in classes], path=file)
     files.append(file)
   if layer is not None:
-    shape = explain.activations(source.model, source.variables, jnp.zeros((1, *input_shape)), [layer])[layer].shape
-    if len(shape) != 4:
-      raise ValueError(f"layer {layer!r} has output shape {shape[1:]}, not a feature map; pick a conv layer")
-    channels = list(range(min(MAXIMIZED_CHANNELS, shape[-1])))
     file = os.path.join(out_dir, f"maximize_{layer}_channels.png")
     viz.channel_grid(np.asarray(draw(layer=layer, filters=channels)), layer, channels, path=file)
     files.append(file)

@@ -19,25 +19,29 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 _HUGE_PAGES_GLIBC = (2, 35)  # the first glibc that knows the tunable
 
 
+def huge_pages_supported() -> bool:
+  """Whether glibc can put malloc's mappings on transparent huge pages here: Linux, glibc >= 2.35, THP not 'never'."""
+  libc, version = platform.libc_ver()
+  if sys.platform != "linux" or libc != "glibc":
+    return False
+  try:
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as file:
+      never = "[never]" in file.read()
+    return tuple(int(part) for part in version.split(".")[:2]) >= _HUGE_PAGES_GLIBC and not never
+  except (OSError, ValueError):
+    return False
+
+
 def use_huge_pages() -> None:
   """Re-executes the program (same interpreter, flags and arguments) with `GLIBC_TUNABLES` holding
-  HUGE_PAGES_TUNABLE, where it helps: Linux, glibc >= 2.35, transparent huge pages not 'never'. Nothing happens when
-  GLIBC_TUNABLES already sets glibc.malloc.hugetlb (yours wins) or CNNJAX_HUGE_PAGES=0 (the opt-out).
+  HUGE_PAGES_TUNABLE where `huge_pages_supported()`. Nothing happens when GLIBC_TUNABLES already sets
+  glibc.malloc.hugetlb (yours wins) or CNNJAX_HUGE_PAGES=0 (the opt-out).
 
   glibc reads its tunables when a process starts, so a running program can only take them by starting again; call
   this first thing, before output or threads. The pid, working directory and open files stay the same.
   """
   tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if os.environ.get("CNNJAX_HUGE_PAGES") == "0" or "glibc.malloc.hugetlb" in tunables or sys.platform != "linux":
-    return
-  libc, version = platform.libc_ver()
-  try:
-    too_old = tuple(int(part) for part in version.split(".")[:2]) < _HUGE_PAGES_GLIBC
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as file:
-      never = "[never]" in file.read()
-  except (OSError, ValueError):
-    return
-  if libc != "glibc" or too_old or never:
+  if os.environ.get("CNNJAX_HUGE_PAGES") == "0" or "glibc.malloc.hugetlb" in tunables or not huge_pages_supported():
     return
   environment = {**os.environ, "GLIBC_TUNABLES": ":".join(filter(None, (tunables, HUGE_PAGES_TUNABLE)))}
   os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
