@@ -40,7 +40,7 @@ flags.DEFINE_string("methods", "saliency,guided,relu,gradcam,guided_gradcam",
                     "activations, maximize, deletion.")
 flags.DEFINE_bool("list_methods", False, "Print every explainer (name, paper, peer) and exit.")
 flags.DEFINE_string("layer", None, "Layer for Grad-CAM / activations (Keras-style name); default: the last "
-                    "spatial feature map. With maximize: also a grid of its first 16 channels' visualizations.")
+                    "spatial feature map. With maximize: also a grid of its first channels' visualizations.")
 flags.DEFINE_string("target", "top1", "top1 (each image's prediction), a class index or a class name.")
 flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/explain; ./explain with --weights).")
 flags.DEFINE_bool("serve", False, "Serve the explanation web page instead of writing figures.")
