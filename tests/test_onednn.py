@@ -7,6 +7,7 @@ The library is built here, in a folder of its own (cnnjax.models.onednn.build: o
 cores), so CI exercises it; requirements-dev.txt installs oneDNN. Only this module's tests trace with it
 (conftest.py)."""
 import logging
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -236,3 +237,20 @@ def test_missing_onednn_is_a_one_line_build_error(monkeypatch):
   with pytest.raises(onednn.Unavailable) as error:
     onednn.build()
   assert "\n" not in str(error.value) and "cnnjax[onednn]" in str(error.value)
+
+
+def test_a_onednn_that_is_not_the_openmp_cpu_build_is_a_one_line_build_error(monkeypatch, tmp_path):
+  """PyPI's `onednn` wheel is a SYCL build (slower inside a step, bench/RESULTS.md): conv.cc refuses it by name."""
+  real = onednn.install_prefix()
+  shutil.copytree(real / "include" / "oneapi" / "dnnl", tmp_path / "include" / "oneapi" / "dnnl")
+  config = tmp_path / "include" / "oneapi" / "dnnl" / "dnnl_config.h"
+  built_for_omp = "#define DNNL_CPU_RUNTIME DNNL_RUNTIME_OMP"
+  assert built_for_omp in config.read_text()
+  config.write_text(config.read_text().replace(built_for_omp, "#define DNNL_CPU_RUNTIME DNNL_RUNTIME_SYCL"))
+  (tmp_path / "lib").symlink_to(real / "lib")
+  monkeypatch.setattr(onednn, "install_prefix", lambda: tmp_path)
+  monkeypatch.setenv("CNNJAX_CACHE_DIR", str(tmp_path / "cache"))
+  with pytest.raises(onednn.Unavailable) as error:
+    onednn.build()
+  assert "\n" not in str(error.value) and "OpenMP" in str(error.value) and "cnnjax[onednn]" in str(error.value)
+  assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-built is left

@@ -7,20 +7,19 @@ attributes — and `conv` here is a `jax.custom_vjp` whose forward and backward 
 it where a program is lowered for CPU (`CNNJAX_KERNELS=onednn`, or `auto` for the shapes in its measured table).
 
 The library is optional. `build()` (or `python -m cnnjax.models.onednn build`) compiles conv.cc with the C++
-compiler ($CXX, else g++) against the pinned `onednn-devel` / `tbb-devel` headers and jaxlib's FFI headers into
-the cache folder ($CNNJAX_CACHE_DIR, else ~/.cache/cnnjax, then onednn/), under a name keyed by everything that
-went into it; `available()` loads it if it is there and otherwise says once, in the log, that XLA's kernels
-are used and how to build it. `pip install .` never compiles anything.
+compiler ($CXX, else g++) against the pinned oneDNN CPU build (`onednn-cpu-gomp` + `onednn-devel-cpu-gomp`) and
+jaxlib's FFI headers into the cache folder ($CNNJAX_CACHE_DIR, else ~/.cache/cnnjax, then onednn/), under a name
+keyed by everything that went into it; `available()` loads it if it is there and otherwise says once, in the
+log, that XLA's kernels are used and how to build it. `pip install .` never compiles anything.
 
-Threads: oneDNN runs on its own TBB pool, beside XLA's Eigen pool (both the size of the usable cores by
-default). A custom call blocks the XLA thread that issued it until oneDNN is done, so a convolution is computed
-by one pool, not both; the TBB pool is capped at CNNJAX_ONEDNN_THREADS workers (default: the cores this process
-may run on, `threads()`). XLA may still run an independent operation on its other threads meanwhile; set the
+Which oneDNN: the CPU-only build on GNU OpenMP (PyPI's last is 2023.2, oneDNN 3.2), as PyTorch links it. PyPI's
+newer `onednn` (2026.x) is a SYCL build whose CPU engine runs each primitive through Intel's OpenCL CPU runtime on
+a TBB pool: the same convolutions took 1.17x longer inside a resnet20 training step (bench/RESULTS.md).
+
+Threads: a custom call runs oneDNN on the XLA thread that issued it, as the master of an OpenMP team of
+CNNJAX_ONEDNN_THREADS threads (default: the cores this process may run on, `threads()`), so a convolution is
+computed by that team alone. XLA may still run an independent operation on its other threads meanwhile; set the
 variable lower where that, or other processes, share the cores.
-
-The PyPI oneDNN is its SYCL build: its CPU engine is a SYCL CPU device from Intel's OpenCL CPU runtime (the
-`intel-opencl-rt` wheel), which `available()` adds to the ICD loader's list (OCL_ICD_FILENAMES) before oneDNN
-starts; without it oneDNN finds no CPU device.
 """
 import ctypes
 import functools
@@ -46,7 +45,7 @@ TARGETS = {"forward": "cnnjax_onednn_conv_forward", "input_gradient": "cnnjax_on
            "kernel_gradient": "cnnjax_onednn_conv_backward_weights"}
 OPS = tuple(TARGETS)
 BUILD_COMMAND = "python -m cnnjax.models.onednn build"
-_ONEDNN_LIBRARY, _TBB_LIBRARY, _OPENCL_CPU_RUNTIME = "libdnnl.so.3", "libtbb.so.12", "libintelocl.so"
+_ONEDNN_LIBRARY = "libdnnl.so.3"
 
 Pairs = Tuple[Tuple[int, int], Tuple[int, int]]
 
@@ -58,8 +57,8 @@ class Unavailable(RuntimeError):
 
 
 def install_prefix() -> Optional[Path]:
-  """The installation prefix holding oneDNN's library and headers (pip's `onednn` + `onednn-devel` wheels put
-  them in <prefix>/lib and <prefix>/include): this environment's, the user site's or the base interpreter's."""
+  """The installation prefix holding oneDNN's library and headers (pip's `onednn-cpu-gomp` +
+  `onednn-devel-cpu-gomp` wheels put them in <prefix>/lib and <prefix>/include): this environment's, the user site's or the base interpreter's."""
   for prefix in (sys.prefix, site.getuserbase(), sys.base_prefix):
     if (Path(prefix) / "lib" / _ONEDNN_LIBRARY).exists():
       return Path(prefix)
@@ -73,12 +72,12 @@ def cache_dir() -> Path:
 
 
 def _compile_command(prefix: Path, output: Path) -> list:
-  """The one compiler command that builds conv.cc into `output`, linked to the oneDNN and TBB of `prefix` with
-  that folder as the run-time search path (DT_RPATH, which also finds oneDNN's own dependencies there)."""
+  """The one compiler command that builds conv.cc into `output`, linked to the oneDNN of `prefix` (and OpenMP,
+  whose team size conv.cc sets) with that folder as the run-time search path (DT_RPATH)."""
   compiler = os.environ.get("CXX") or "g++"
   lib = prefix / "lib"
-  return [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE), f"-I{jax.ffi.include_dir()}",
-          f"-I{prefix / 'include'}", f"-L{lib}", f"-l:{_ONEDNN_LIBRARY}", f"-l:{_TBB_LIBRARY}",
+  return [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", str(SOURCE),
+          f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", f"-L{lib}", f"-l:{_ONEDNN_LIBRARY}",
           f"-Wl,--disable-new-dtags,-rpath,{lib}", "-o", str(output)]
 
 
@@ -98,14 +97,12 @@ def build() -> Path:
 
   Raises:
     Unavailable: oneDNN's wheels, their headers or a C++ compiler are missing, or the compiler failed (its
-      last line is in the message).
+      first error line is in the message).
   """
   prefix = install_prefix()
   if prefix is None or not (prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists():
-    raise Unavailable(f"oneDNN is not installed; pip install 'cnnjax[onednn]' (onednn, onednn-devel, tbb-devel), "
-                      f"then {BUILD_COMMAND}")
-  if not (prefix / "include" / "oneapi" / "tbb" / "global_control.h").exists():
-    raise Unavailable(f"TBB's headers are missing; pip install 'cnnjax[onednn]', then {BUILD_COMMAND}")
+    raise Unavailable(f"oneDNN is not installed; pip install 'cnnjax[onednn]' (onednn-cpu-gomp, "
+                      f"onednn-devel-cpu-gomp), then {BUILD_COMMAND}")
   target = library_path(prefix)
   if target.exists():
     return target
@@ -118,8 +115,9 @@ def build() -> Path:
     command[-1] = str(partial)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-      last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-      raise Unavailable(f"building {SOURCE.name} failed: {last}")
+      lines = result.stderr.strip().splitlines() or ["(no output)"]
+      first_error = next((line for line in lines if "error" in line), lines[-1])
+      raise Unavailable(f"building {SOURCE.name} failed: {first_error.strip()}")
     partial.replace(target)  # whole or not at all: a killed build leaves no library behind
   return target
 
@@ -151,10 +149,6 @@ def _load() -> Optional[str]:
     missing = "oneDNN is not installed" if path is None else f"no {path}"
     return (f"cnnjax's oneDNN convolutions are not built ({missing}); XLA's kernels are used. Build them with "
             f"`{BUILD_COMMAND}`")
-  opencl_cpu = prefix / "lib" / _OPENCL_CPU_RUNTIME
-  if opencl_cpu.exists():  # the SYCL CPU device oneDNN's CPU engine needs; read when oneDNN first starts
-    listed = [name for name in os.environ.get("OCL_ICD_FILENAMES", "").split(":") if name]
-    os.environ["OCL_ICD_FILENAMES"] = ":".join(dict.fromkeys([*listed, str(opencl_cpu)]))
   try:
     library = ctypes.CDLL(str(path))
   except OSError as error:

@@ -10,11 +10,13 @@
 //
 // Determinism: oneDNN splits a problem into a fixed number of chunks with fixed reduction order for a given
 // shape and thread count, so the same inputs give the same bits run to run (tests/test_onednn.py checks it).
-// Threads: oneDNN runs on its TBB pool, capped by cnnjax_onednn_set_num_threads (a tbb::global_control).
+// Threads: this is oneDNN's CPU build on OpenMP; the XLA thread that issues a call becomes the master of an OpenMP
+// team of cnnjax_onednn_set_num_threads threads and computes with it (no queue, no second pool to hand work to).
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
-#include <oneapi/tbb/global_control.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -23,6 +25,10 @@
 #include <unordered_map>
 
 #include "xla/ffi/api/ffi.h"
+
+#if DNNL_CPU_RUNTIME != DNNL_RUNTIME_OMP
+#error "cnnjax needs oneDNN's CPU build on OpenMP: pip install 'cnnjax[onednn]' (onednn-cpu-gomp, onednn-devel-cpu-gomp)"
+#endif
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -68,6 +74,8 @@ dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;
 }
+
+std::atomic<int> team_size{0};  // 0: OpenMP's default (OMP_NUM_THREADS, else the cores)
 
 dnnl::stream& Stream() {  // one per calling thread: XLA may run two custom calls at once
   thread_local dnnl::stream stream(Engine());
@@ -154,6 +162,7 @@ struct Scratch {  // 64-byte aligned bytes owned by one call
 ffi::Error Run(Direction direction, const Geometry& g, float* src, float* weights, float* dst) {
   try {
     const Kernel& kernel = CachedKernel(direction, g);
+    if (const int threads = team_size.load()) omp_set_num_threads(threads);  // this calling thread's teams
     dnnl::stream& stream = Stream();
     memory user_weights(kernel.user_weights, Engine(), weights);
     Scratch reordered(kernel.reorder_weights ? kernel.weights.get_size() : 0);
@@ -247,14 +256,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_forward, Forward, CNNJAX_CONV_B
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_data, BackwardData, CNNJAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_weights, BackwardWeights, CNNJAX_CONV_BINDING);
 
-// Caps oneDNN's TBB pool at `threads` workers for the life of the process (the last call wins).
-extern "C" void cnnjax_onednn_set_num_threads(int threads) {
-  static std::mutex mutex;
-  static std::unique_ptr<tbb::global_control> control;
-  std::lock_guard<std::mutex> lock(mutex);
-  control.reset();
-  control = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
-}
+// Sets the OpenMP team of every later call (the last call wins).
+extern "C" void cnnjax_onednn_set_num_threads(int threads) { team_size.store(threads); }
 
 // oneDNN's version as major * 10000 + minor * 100 + patch, for the log line and the bench records.
 extern "C" int cnnjax_onednn_version() {
