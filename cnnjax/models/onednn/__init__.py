@@ -14,7 +14,8 @@ log, that XLA's kernels are used and how to build it. `pip install .` never comp
 
 Which oneDNN: the CPU-only build on GNU OpenMP (PyPI's last is 2023.2, oneDNN 3.2), as PyTorch links it. PyPI's
 newer `onednn` (2026.x) is a SYCL build whose CPU engine runs each primitive through Intel's OpenCL CPU runtime on
-a TBB pool: the same convolutions took 1.17x longer inside a resnet20 training step (bench/RESULTS.md).
+a TBB pool: the same convolutions took 1.14x longer inside a resnet20 training step (bench/RESULTS.md, "oneDNN
+on OpenMP").
 
 Threads: a custom call runs oneDNN on the XLA thread that issued it, as the master of an OpenMP team of
 CNNJAX_ONEDNN_THREADS threads (default: the cores this process may run on, `threads()`), so a convolution is
