@@ -59,7 +59,8 @@ class Unavailable(RuntimeError):
 
 def install_prefix() -> Optional[Path]:
   """The installation prefix holding oneDNN's library and headers (pip's `onednn-cpu-gomp` +
-  `onednn-devel-cpu-gomp` wheels put them in <prefix>/lib and <prefix>/include): this environment's, the user site's or the base interpreter's."""
+  `onednn-devel-cpu-gomp` wheels put them in <prefix>/lib and <prefix>/include): this environment's, the user
+  site's or the base interpreter's."""
   for prefix in (sys.prefix, site.getuserbase(), sys.base_prefix):
     if (Path(prefix) / "lib" / _ONEDNN_LIBRARY).exists():
       return Path(prefix)

@@ -27,7 +27,7 @@
 #include "xla/ffi/api/ffi.h"
 
 #if DNNL_CPU_RUNTIME != DNNL_RUNTIME_OMP
-#error "cnnjax needs oneDNN's CPU build on OpenMP: pip install 'cnnjax[onednn]' (onednn-cpu-gomp, onednn-devel-cpu-gomp)"
+#error "cnnjax needs oneDNN's CPU build on OpenMP: pip install 'cnnjax[onednn]' (onednn-cpu-gomp)"
 #endif
 
 namespace ffi = xla::ffi;
