@@ -1,4 +1,5 @@
-"""The installable package: the wheel `python -m build` makes holds every module of cnnjax and nothing else,
+"""The installable package: the wheel `python -m build` makes holds every module of cnnjax and nothing else (but
+the oneDNN kernels setup.py compiles where it can),
 installs into a fresh virtualenv, imports from another directory, and its console scripts cnnjax-train and
 cnnjax-explain are train.py and explain.py (the same flags, `--helpshort` lists them; the checkout's configs,
 which import each other as `from configs import ...`, load from any directory).
@@ -17,6 +18,7 @@ checkout's files (git's tracked and untracked-but-not-ignored ones), so building
 """
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -120,9 +122,36 @@ def test_the_wheel_holds_every_module_of_cnnjax_and_nothing_else(installed):
     entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
   modules = {name for name in _checkout_files() if name.startswith("cnnjax/") and name.endswith(".py")}
   assert modules and modules <= set(names), sorted(modules - set(names))
-  assert {name.split("/")[0] for name in names} == {"cnnjax", wheel.name.split("-py3")[0] + ".dist-info"}
+  assert {name.split("/")[0] for name in names} == {"cnnjax", "-".join(wheel.name.split("-")[:2]) + ".dist-info"}
   assert "cnnjax-train = cnnjax.cli.train:run" in entry_points
   assert "cnnjax-explain = cnnjax.cli.explain:run" in entry_points
+
+
+def test_a_build_with_jax_and_onednn_compiles_the_kernels_into_a_platform_wheel_that_loads_them(installed):
+  """requirements-dev.txt has oneDNN and the build is --no-isolation, so setup.py's step compiles conv.cc into the
+  package; the installed cnnjax then runs on that library (no build, no cache folder)."""
+  venv, python, wheel, elsewhere = installed
+  with zipfile.ZipFile(wheel) as archive:
+    libraries = [name for name in archive.namelist() if name.endswith(".so")]
+  assert len(libraries) == 1 and libraries[0].startswith("cnnjax/models/onednn/built/libcnnjax_onednn-")
+  assert "-py3-none-any" not in wheel.name, wheel.name  # a compiled library makes it a platform wheel
+  check = "from cnnjax.models import onednn; assert onednn.available(); print(onednn._library._name)"
+  env = {**_clean_env(), "CNNJAX_CACHE_DIR": str(elsewhere / "no_cache_here")}
+  result = _run([str(python), "-c", check], cwd=elsewhere, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert Path(result.stdout.strip()).is_relative_to(venv) and not (elsewhere / "no_cache_here").exists()
+
+
+def test_a_build_without_jax_or_onednn_skips_the_kernels_with_a_message(monkeypatch, tmp_path):
+  """pip's default isolated build has neither: setup.py says why and what to run, writes nothing, and the wheel
+  stays pure Python."""
+  monkeypatch.setitem(sys.modules, "jax", None)  # `import jax` fails, as in an isolated build environment
+  setup = runpy.run_path(str(REPO / "setup.py"), run_name="setup")
+  said = setup["build_onednn"](tmp_path / "onednn")
+  assert said.startswith("cnnjax: oneDNN kernels skipped (no jax in the build environment)"), said
+  assert "python -m cnnjax.models.onednn build" in said and "\n" not in said
+  assert not (tmp_path / "onednn").exists()
+  assert not setup["Distribution"]().has_ext_modules()
 
 
 def test_installed_cnnjax_imports_from_another_directory(installed):

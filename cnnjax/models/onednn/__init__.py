@@ -10,7 +10,9 @@ The library is optional. `build()` (or `python -m cnnjax.models.onednn build`) c
 compiler ($CXX, else g++) against the pinned oneDNN CPU build (`onednn-cpu-gomp` + `onednn-devel-cpu-gomp`) and
 jaxlib's FFI headers into the cache folder ($CNNJAX_CACHE_DIR, else ~/.cache/cnnjax, then onednn/), under a name
 keyed by everything that went into it; `available()` loads it if it is there and otherwise says once, in the
-log, that XLA's kernels are used and how to build it. `pip install .` never compiles anything.
+log, that XLA's kernels are used and how to build it. `pip install --no-build-isolation .` from an environment
+that has jax and oneDNN compiles it into the package instead (setup.py; `packaged_library()`, taken first);
+any other `pip install .` skips that step with a message and needs no compiler.
 
 Which oneDNN: the CPU-only build on GNU OpenMP (PyPI's last is 2023.2, oneDNN 3.2), as PyTorch links it. PyPI's
 newer `onednn` (2026.x) is a SYCL build whose CPU engine runs each primitive through Intel's OpenCL CPU runtime on
@@ -94,8 +96,18 @@ def library_path(prefix: Optional[Path] = None) -> Optional[Path]:
   return cache_dir() / f"libcnnjax_onednn-{digest.hexdigest()[:16]}.so"
 
 
-def build() -> Path:
-  """Compiles conv.cc into the cache folder (a few tens of seconds) unless it is there; returns its path.
+def packaged_library() -> Path:
+  """Where a library compiled at install sits, relative to this package (setup.py writes it into the wheel): a
+  folder that is no Python package, so module walkers never take it for an extension module; the name is keyed
+  by conv.cc and the jax it was compiled for, so an upgraded jax or an edited conv.cc is never served an old
+  build."""
+  digest = hashlib.sha256(SOURCE.read_bytes() + jax.__version__.encode())
+  return Path("built") / f"libcnnjax_onednn-{digest.hexdigest()[:16]}.so"
+
+
+def build(target: Optional[Path] = None) -> Path:
+  """Compiles conv.cc into `target` (default: `library_path()`, in the cache folder) unless it is there, in a few
+  seconds; returns its path.
 
   Raises:
     Unavailable: oneDNN's wheels, their headers or a C++ compiler are missing, or the compiler failed (its
@@ -105,7 +117,7 @@ def build() -> Path:
   if prefix is None or not (prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists():
     raise Unavailable(f"oneDNN is not installed; pip install 'cnnjax[onednn]' (onednn-cpu-gomp, "
                       f"onednn-devel-cpu-gomp), then {BUILD_COMMAND}")
-  target = library_path(prefix)
+  target = target or library_path(prefix)
   if target.exists():
     return target
   command = _compile_command(prefix, target)
@@ -145,8 +157,8 @@ def _load() -> Optional[str]:
   if _library is not None:
     return None
   count = threads()  # a bad CNNJAX_ONEDNN_THREADS fails here, in one line
-  prefix = install_prefix()
-  path = library_path(prefix)
+  packaged = SOURCE.parent / packaged_library()
+  path = packaged if packaged.exists() else library_path()
   if path is None or not path.exists():
     missing = "oneDNN is not installed" if path is None else f"no {path}"
     return (f"cnnjax's oneDNN convolutions are not built ({missing}); XLA's kernels are used. Build them with "
