@@ -18,6 +18,7 @@ from jax import lax
 
 from cnnjax import models
 from cnnjax.models import onednn, xla_cpu
+import test_kernels  # its per-architecture cases
 from conftest import one_line_error
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -75,6 +76,39 @@ def test_the_kernels_give_lax_values_and_gradients(geometry):
       lambda x, k: onednn.conv(x, k, strides, padding, dilation), *args))(inputs, kernel, cotangent)
   assert have[0].shape == want[0].shape == out_shape
   _assert_close(have, want)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:4], ids=lambda geometry: "x".join(map(str, geometry[:5])))
+def test_the_bfloat16_kernels_give_lax_values_and_gradients_to_bfloat16_rounding(geometry):
+  """The _bf16 handlers against lax in float32 on the same bfloat16 operands: oneDNN accumulates in float32 and
+  rounds the result once, so each output is within a few bfloat16 steps (2^-8 relative) of the exact one."""
+  n, h, w, c_in, c_out, window, strides, padding, dilation = geometry
+  rng = np.random.default_rng(sum(geometry[:5]))
+  out_shape = (n, *onednn.output_spatial((h, w), window, strides, padding, dilation), c_out)
+  operands = [jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+              for shape in ((n, h, w, c_in), (*window, c_in, c_out), out_shape)]
+  assert onednn.supports(*operands[:2], padding)
+  have = jax.jit(lambda *args: _value_and_gradients(
+      lambda x, k: onednn.conv(x, k, strides, padding, dilation), *args))(*operands)
+  assert [leaf.dtype for leaf in have] == [jnp.bfloat16] * 3 and have[0].shape == out_shape
+  want = _value_and_gradients(lambda x, k: _lax_conv(x, k, strides, padding, dilation),
+                              *[operand.astype(jnp.float32) for operand in operands])
+  _assert_close([leaf.astype(jnp.float32) for leaf in have], want, tolerance=2 ** -6)
+
+
+def test_auto_runs_bfloat16_convolutions_on_onednn_where_the_cpu_computes_bfloat16(monkeypatch):
+  images, kernel = jnp.zeros((2, 12, 12, 3), jnp.bfloat16), jnp.zeros((3, 3, 3, 8), jnp.bfloat16)
+
+  def lowered():
+    def forward(images, kernel):  # fresh per call: jit caches a trace by function, not by what it reads
+      return xla_cpu.conv(images, kernel, (1, 1), "SAME")
+    with xla_cpu.kernels("auto"):
+      return jax.jit(forward).lower(images, kernel).as_text()
+  monkeypatch.setattr(xla_cpu, "ONEDNN_WINS", {})  # bfloat16 does not read the float32 table
+  monkeypatch.setattr(onednn, "native_bfloat16", lambda: True)
+  assert "cnnjax_onednn_conv_forward_bf16" in lowered()
+  monkeypatch.setattr(onednn, "native_bfloat16", lambda: False)  # oneDNN would emulate it: XLA keeps it
+  assert "cnnjax_onednn" not in lowered()
 
 
 def test_the_onednn_path_lowers_cpu_convolutions_to_the_custom_calls_and_auto_keeps_xla(monkeypatch):
@@ -189,6 +223,25 @@ def test_a_small_resnet_trains_the_same_on_both_paths_and_repeats_bit_for_bit():
   assert again_losses == losses
   for have, again in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again_params)):
     np.testing.assert_array_equal(have, again)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_architecture_computes_the_same_outputs_and_gradients_on_onednn_and_xla(name):
+  """tests/test_kernels.py's case of each architecture (its smallest input, random weights), on the 'onednn'
+  path against the portable one: oneDNN's sums round differently, to float tolerance. Pooling layers average:
+  max pooling's gradient goes to whichever input is largest, and in this case a near-tie flips under any 1e-7
+  change (on the portable path alone, inputs x (1 + 1e-7) move VGG13's block2_conv2 kernel gradient by 3%), which
+  would test the tie, not the convolutions."""
+  options = {"pooling": "average"} if "pooling" in models.options(name) else {}
+  model = models.create(name, num_classes=3, **options)
+  shape = test_kernels._smallest_images(model)
+  variables = test_kernels._random_like(
+      jax.eval_shape(lambda images: model.init(jax.random.key(0), images), shape), seed=0)
+  images = jnp.asarray(np.random.default_rng(1).standard_normal(shape.shape), jnp.float32)
+  cotangent = jnp.asarray(np.random.default_rng(2).standard_normal((2, 3)), jnp.float32)
+  have = test_kernels._outputs_and_gradients(model, variables, images, cotangent, "onednn")
+  test_kernels._assert_close(
+      have, test_kernels._outputs_and_gradients(model, variables, images, cotangent, "portable"))
 
 
 def test_under_vmap_an_unbatched_kernel_folds_the_axis_into_the_batch_and_others_run_per_element():

@@ -209,15 +209,19 @@ ONEDNN_WINS = {
 
 def _onednn_ops(inputs, kernel, strides: Sequence[int], pairs, feature_group_count: int) -> Tuple[str, ...]:
   """The ops of a convolution traced now that oneDNN computes where the program runs on CPU: on the 'onednn'
-  path all of a convolution it supports, on 'auto' those ONEDNN_WINS lists; none unless the library is loaded
-  (else said once)."""
+  path all of a convolution it supports, on 'auto' those ONEDNN_WINS lists for float32 and all of a bfloat16
+  one (XLA:CPU has no fast bfloat16 convolution: bench/RESULTS.md); none unless the library is loaded (else said
+  once), and none in bfloat16 where the CPU has no bfloat16 arithmetic (oneDNN would emulate it)."""
   path = _path_for("onednn")
   if path not in ("auto", "onednn") or not onednn.supports(inputs, kernel, pairs, feature_group_count):
     return ()
+  bfloat16 = inputs.dtype == jnp.bfloat16
   ops = onednn.OPS
-  if path == "auto":
+  if path == "auto" and not bfloat16:
     ops = ONEDNN_WINS.get((*inputs.shape[1:], kernel.shape[3], *kernel.shape[:2], *strides), ())
   if not ops or not onednn.available(explicitly_asked=path == "onednn"):
+    return ()
+  if bfloat16 and not onednn.native_bfloat16():
     return ()
   return tuple(op for op in onednn.OPS if op in ops)
 

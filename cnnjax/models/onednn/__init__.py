@@ -2,9 +2,10 @@
 convolution shapes where XLA:CPU's own (Eigen) kernels are slower (bench/RESULTS.md, bench/onednn_conv.py).
 
 `conv.cc` beside this file registers three typed XLA FFI handlers — forward, backward-data (input gradient) and
-backward-weights (kernel gradient), NHWC / HWIO float32, strides, explicit padding and kernel dilation as
-attributes — and `conv` here is a `jax.custom_vjp` whose forward and backward call them. `xla_cpu.conv` chooses
-it where a program is lowered for CPU (`CNNJAX_KERNELS=onednn`, or `auto` for the shapes in its measured table).
+backward-weights (kernel gradient), NHWC / HWIO, float32 and (names + `_bf16`) bfloat16, strides, explicit
+padding and kernel dilation as attributes — and `conv` here is a `jax.custom_vjp` whose forward and backward
+call them. `xla_cpu.conv` chooses it where a program is lowered for CPU (`CNNJAX_KERNELS=onednn`, or `auto` for
+the shapes in its measured table).
 
 The library is optional. `build()` (or `python -m cnnjax.models.onednn build`) compiles conv.cc with the C++
 compiler ($CXX, else g++) against the pinned oneDNN CPU build (`onednn-cpu-gomp` + `onednn-devel-cpu-gomp`) and
@@ -47,6 +48,7 @@ THREADS_VARIABLE = "CNNJAX_ONEDNN_THREADS"
 TARGETS = {"forward": "cnnjax_onednn_conv_forward", "input_gradient": "cnnjax_onednn_conv_backward_data",
            "kernel_gradient": "cnnjax_onednn_conv_backward_weights"}
 OPS = tuple(TARGETS)
+_BFLOAT16_SUFFIX = "_bf16"  # the same three handlers for bfloat16 operands
 BUILD_COMMAND = "python -m cnnjax.models.onednn build"
 _ONEDNN_LIBRARY = "libdnnl.so.3"
 
@@ -169,7 +171,8 @@ def _load() -> Optional[str]:
     return f"cnnjax's oneDNN convolutions could not be loaded ({error}); XLA's kernels are used"
   library.cnnjax_onednn_set_num_threads(ctypes.c_int(count))
   for target in TARGETS.values():
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
+    for name in (target, target + _BFLOAT16_SUFFIX):
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
   _library = library
   _log.info("cnnjax: oneDNN %s convolutions loaded from %s, %d threads", version(), path, count)
   return None
@@ -181,6 +184,12 @@ def version() -> Optional[str]:
     return None
   number = _library.cnnjax_onednn_version()
   return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
+def native_bfloat16() -> bool:
+  """Whether the loaded oneDNN computes bfloat16 natively on this CPU (AVX512-BF16 or later); elsewhere it would
+  emulate it, slower than XLA. False before the library is loaded."""
+  return _library is not None and bool(_library.cnnjax_onednn_has_bfloat16())
 
 
 def available(explicitly_asked: bool = False) -> bool:
@@ -198,11 +207,12 @@ def available(explicitly_asked: bool = False) -> bool:
 
 
 def supports(inputs, kernel, padding: Pairs, feature_group_count: int = 1) -> bool:
-  """Whether `conv` computes this convolution: float32 NHWC / HWIO, ungrouped, no negative padding, and no
-  empty operand or output (lax handles those)."""
-  return (inputs.ndim == 4 and kernel.ndim == 4 and inputs.dtype == jnp.float32 and kernel.dtype == jnp.float32
-          and feature_group_count == 1 and min(min(pair) for pair in padding) >= 0 and min(inputs.shape) > 0
-          and min(kernel.shape) > 0 and inputs.shape[3] == kernel.shape[2]
+  """Whether `conv` computes this convolution: NHWC / HWIO, both float32 or both bfloat16, ungrouped, no
+  negative padding, and no empty operand or output (lax handles those)."""
+  return (inputs.ndim == 4 and kernel.ndim == 4 and inputs.dtype == kernel.dtype
+          and inputs.dtype in (jnp.float32, jnp.bfloat16) and feature_group_count == 1
+          and min(min(pair) for pair in padding) >= 0 and min(inputs.shape) > 0 and min(kernel.shape) > 0
+          and inputs.shape[3] == kernel.shape[2]
           and min(output_spatial(inputs.shape[1:3], kernel.shape[:2], (1, 1), padding, (1, 1))) > 0)
 
 
@@ -215,8 +225,9 @@ def output_spatial(spatial: Sequence[int], window: Sequence[int], strides: Seque
 
 def _ffi_call(direction: str, out_shape, strides, padding, dilation, *operands):
   """One FFI custom call; vmapped, it runs once per element (`sequential`, a loop)."""
-  return jax.ffi.ffi_call(TARGETS[direction], jax.ShapeDtypeStruct(out_shape, jnp.float32),
-                          vmap_method="sequential")(
+  dtype = operands[0].dtype
+  target = TARGETS[direction] + (_BFLOAT16_SUFFIX if dtype == jnp.bfloat16 else "")
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, dtype), vmap_method="sequential")(
       *operands, strides=np.asarray(strides, np.int64), padding=np.asarray(padding, np.int64).reshape(-1),
       dilation=np.asarray(dilation, np.int64))
 
@@ -249,14 +260,14 @@ def conv(inputs, kernel, strides: Tuple[int, int], padding: Pairs, dilation: Tup
   convolutions (`supports` must hold; the library must be `available()`).
 
   Args:
-    inputs: (N, H, W, C) float32.
-    kernel: (KH, KW, C, O) float32.
+    inputs: (N, H, W, C) float32 or bfloat16.
+    kernel: (KH, KW, C, O), the same dtype.
     strides, dilation: per spatial axis (dilation of the kernel, lax's rhs_dilation).
     padding: explicit ((top, bottom), (left, right)), non-negative.
     ops: which of OPS oneDNN computes; the others are `fallback`'s (its value, or its vjp for a gradient).
     fallback: `(inputs, kernel) -> outputs`, the same convolution by other kernels; needed unless ops is OPS.
   Returns:
-    (N, H', W', O) float32.
+    (N, H', W', O), the inputs' dtype (bfloat16 sums accumulate in float32 inside oneDNN).
   """
   return _conv_forward(inputs, kernel, strides, padding, dilation, ops, fallback)[0]
 

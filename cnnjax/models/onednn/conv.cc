@@ -1,5 +1,6 @@
 // oneDNN 2-D convolutions (forward, backward-data, backward-weights) as XLA:CPU custom calls through the typed
-// XLA FFI. Layouts are JAX's: activations NHWC, kernels HWIO, float32. The geometry (strides, explicit padding,
+// XLA FFI. Layouts are JAX's: activations NHWC, kernels HWIO; float32, and bfloat16 (every operand, oneDNN
+// accumulating in float32) under the same names with a _bf16 suffix. The geometry (strides, explicit padding,
 // kernel dilation) arrives as FFI attributes; cnnjax/models/onednn/__init__.py builds, loads and calls this.
 //
 // oneDNN (https://uxlfoundation.github.io/oneDNN/dev_guide_convolution.html) picks the kernel for a shape when a
@@ -41,11 +42,12 @@ enum class Direction : int64_t { kForward, kBackwardData, kBackwardWeights };
 // The shape of one convolution in oneDNN's logical order: src {N, C, H, W}, weights {O, C, KH, KW},
 // dst {N, O, OH, OW}; oneDNN counts dilation from 0 (XLA's rhs_dilation 1 is oneDNN's 0).
 struct Geometry {
+  memory::data_type type;
   memory::dims src, weights, dst, strides, dilates, pad_l, pad_r;
 
-  std::array<int64_t, 23> Key(Direction direction) const {
-    std::array<int64_t, 23> key{static_cast<int64_t>(direction)};
-    size_t at = 1;
+  std::array<int64_t, 24> Key(Direction direction) const {
+    std::array<int64_t, 24> key{static_cast<int64_t>(direction), static_cast<int64_t>(type)};
+    size_t at = 2;
     for (const memory::dims* part : {&src, &weights, &dst, &strides, &dilates, &pad_l, &pad_r})
       for (int64_t value : *part) key[at++] = value;
     return key;
@@ -53,7 +55,7 @@ struct Geometry {
 };
 
 struct KeyHash {
-  size_t operator()(const std::array<int64_t, 23>& key) const {
+  size_t operator()(const std::array<int64_t, 24>& key) const {
     size_t hash = 0;
     for (int64_t value : key) hash = hash * 1000003u ^ static_cast<size_t>(value);
     return hash;
@@ -82,7 +84,9 @@ dnnl::stream& Stream() {  // one per calling thread: XLA may run two custom call
   return stream;
 }
 
-memory::desc Desc(const memory::dims& dims, Tag tag) { return memory::desc(dims, memory::data_type::f32, tag); }
+memory::desc Desc(const memory::dims& dims, memory::data_type type, Tag tag) {
+  return memory::desc(dims, type, tag);
+}
 
 dnnl::primitive_attr Attributes() {
   dnnl::primitive_attr attr;
@@ -92,8 +96,9 @@ dnnl::primitive_attr Attributes() {
 
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Desc(g.src, Tag::nhwc),
-      Desc(g.weights, Tag::any), Desc(g.dst, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, Attributes());
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      Desc(g.src, g.type, Tag::nhwc), Desc(g.weights, g.type, Tag::any), Desc(g.dst, g.type, Tag::nhwc), g.strides,
+      g.dilates, g.pad_l, g.pad_r, Attributes());
 }
 
 // Both backward primitives take the same arguments, with the forward one as their hint.
@@ -101,8 +106,8 @@ template <typename Primitive>
 typename Primitive::primitive_desc BackwardDesc(const Geometry& g,
                                                 const dnnl::convolution_forward::primitive_desc& forward) {
   return typename Primitive::primitive_desc(
-      Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, Tag::nhwc), Desc(g.weights, Tag::any),
-      Desc(g.dst, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, forward, Attributes());
+      Engine(), dnnl::algorithm::convolution_direct, Desc(g.src, g.type, Tag::nhwc), Desc(g.weights, g.type, Tag::any),
+      Desc(g.dst, g.type, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, forward, Attributes());
 }
 
 // The primitive of `pd` and the layouts of its activation, kernel and output arguments (plain or diff_).
@@ -120,7 +125,7 @@ Kernel MakeKernel(Direction direction, const Geometry& g) {
   using dnnl::query;
   const auto forward = ForwardDesc(g);
   Kernel kernel;
-  kernel.user_weights = Desc(g.weights, Tag::hwio);
+  kernel.user_weights = Desc(g.weights, g.type, Tag::hwio);
   if (direction == Direction::kForward) {
     Describe<dnnl::convolution_forward>(&kernel, forward, query::src_md, query::weights_md, query::dst_md);
   } else if (direction == Direction::kBackwardData) {
@@ -144,7 +149,7 @@ Kernel MakeKernel(Direction direction, const Geometry& g) {
 
 const Kernel& CachedKernel(Direction direction, const Geometry& g) {
   static std::mutex mutex;
-  static std::unordered_map<std::array<int64_t, 23>, std::unique_ptr<Kernel>, KeyHash> cache;
+  static std::unordered_map<std::array<int64_t, 24>, std::unique_ptr<Kernel>, KeyHash> cache;
   const auto key = g.Key(direction);
   std::lock_guard<std::mutex> lock(mutex);
   auto& slot = cache[key];
@@ -159,7 +164,7 @@ struct Scratch {  // 64-byte aligned bytes owned by one call
 };
 
 // Runs `direction` on XLA's buffers: src/dst NHWC, weights HWIO (written for backward-weights).
-ffi::Error Run(Direction direction, const Geometry& g, float* src, float* weights, float* dst) {
+ffi::Error Run(Direction direction, const Geometry& g, void* src, void* weights, void* dst) {
   try {
     const Kernel& kernel = CachedKernel(direction, g);
     if (const int threads = team_size.load()) omp_set_num_threads(threads);  // this calling thread's teams
@@ -196,7 +201,7 @@ ffi::Error Run(Direction direction, const Geometry& g, float* src, float* weight
 
 // The geometry from XLA's shapes (x NHWC, w HWIO, y NHWC) and the attributes; checks what JAX's side
 // guarantees, so a wrong call fails in one line instead of reading out of bounds.
-ffi::ErrorOr<Geometry> MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+ffi::ErrorOr<Geometry> MakeGeometry(memory::data_type type, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
                                     ffi::Span<const int64_t> y, ffi::Span<const int64_t> strides,
                                     ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
   if (x.size() != 4 || w.size() != 4 || y.size() != 4 || strides.size() != 2 || padding.size() != 4 ||
@@ -207,6 +212,7 @@ ffi::ErrorOr<Geometry> MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const 
     return ffi::Unexpected(ffi::Error::InvalidArgument(
         "cnnjax oneDNN convolution: operand shapes disagree (NHWC, HWIO, NHWC)"));
   Geometry g;
+  g.type = type;
   g.src = {x[0], x[3], x[1], x[2]};
   g.weights = {w[3], w[2], w[0], w[1]};
   g.dst = {y[0], y[3], y[1], y[2]};
@@ -217,47 +223,67 @@ ffi::ErrorOr<Geometry> MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const 
   return g;
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
-                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
-                   ffi::Span<const int64_t> dilation) {
-  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, padding, dilation);
+template <ffi::DataType T>
+constexpr memory::data_type kOneDnnType = T == ffi::DataType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
+
+template <ffi::DataType T>
+ffi::Error Forward(ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::ResultBuffer<T> y, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
+  auto g = MakeGeometry(kOneDnnType<T>, x.dimensions(), w.dimensions(), y->dimensions(), strides, padding, dilation);
   if (g.has_error()) return g.error();
-  return Run(Direction::kForward, g.value(), x.typed_data(), w.typed_data(), y->typed_data());
+  return Run(Direction::kForward, g.value(), x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
-ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+template <ffi::DataType T>
+ffi::Error BackwardData(ffi::Buffer<T> dy, ffi::Buffer<T> w, ffi::ResultBuffer<T> dx,
                         ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                         ffi::Span<const int64_t> dilation) {
-  auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, padding, dilation);
+  auto g = MakeGeometry(kOneDnnType<T>, dx->dimensions(), w.dimensions(), dy.dimensions(), strides, padding,
+                        dilation);
   if (g.has_error()) return g.error();
-  return Run(Direction::kBackwardData, g.value(), dx->typed_data(), w.typed_data(), dy.typed_data());
+  return Run(Direction::kBackwardData, g.value(), dx->untyped_data(), w.untyped_data(), dy.untyped_data());
 }
 
-ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+template <ffi::DataType T>
+ffi::Error BackwardWeights(ffi::Buffer<T> x, ffi::Buffer<T> dy, ffi::ResultBuffer<T> dw,
                            ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                            ffi::Span<const int64_t> dilation) {
-  auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, padding, dilation);
+  auto g = MakeGeometry(kOneDnnType<T>, x.dimensions(), dw->dimensions(), dy.dimensions(), strides, padding,
+                        dilation);
   if (g.has_error()) return g.error();
-  return Run(Direction::kBackwardWeights, g.value(), x.typed_data(), dw->typed_data(), dy.typed_data());
+  return Run(Direction::kBackwardWeights, g.value(), x.untyped_data(), dw->untyped_data(), dy.untyped_data());
 }
 
 }  // namespace
 
-#define CNNJAX_CONV_BINDING                                                                          \
+#define CNNJAX_CONV_BINDING(T)                                                                       \
   ffi::Ffi::Bind()                                                                                    \
-      .Arg<ffi::Buffer<ffi::F32>>()                                                                   \
-      .Arg<ffi::Buffer<ffi::F32>>()                                                                   \
-      .Ret<ffi::Buffer<ffi::F32>>()                                                                   \
+      .Arg<ffi::Buffer<T>>()                                                                          \
+      .Arg<ffi::Buffer<T>>()                                                                          \
+      .Ret<ffi::Buffer<T>>()                                                                          \
       .Attr<ffi::Span<const int64_t>>("strides")                                                      \
       .Attr<ffi::Span<const int64_t>>("padding")                                                      \
       .Attr<ffi::Span<const int64_t>>("dilation")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_forward, Forward, CNNJAX_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_data, BackwardData, CNNJAX_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_weights, BackwardWeights, CNNJAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_forward, Forward<ffi::F32>, CNNJAX_CONV_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_data, BackwardData<ffi::F32>, CNNJAX_CONV_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_weights, BackwardWeights<ffi::F32>,
+                              CNNJAX_CONV_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_forward_bf16, Forward<ffi::BF16>, CNNJAX_CONV_BINDING(ffi::BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_data_bf16, BackwardData<ffi::BF16>,
+                              CNNJAX_CONV_BINDING(ffi::BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_weights_bf16, BackwardWeights<ffi::BF16>,
+                              CNNJAX_CONV_BINDING(ffi::BF16));
 
 // Sets the OpenMP team of every later call (the last call wins).
 extern "C" void cnnjax_onednn_set_num_threads(int threads) { team_size.store(threads); }
+
+// Whether this CPU computes bfloat16 natively (AVX512-BF16 or later): elsewhere oneDNN would emulate it slowly.
+extern "C" int cnnjax_onednn_has_bfloat16() {
+  const auto isa = static_cast<int>(dnnl::get_effective_cpu_isa());
+  const auto bf16 = static_cast<int>(dnnl::cpu_isa::avx512_core_bf16);
+  return (isa & bf16) == bf16;
+}
 
 // oneDNN's version as major * 10000 + minor * 100 + patch, for the log line and the bench records.
 extern "C" int cnnjax_onednn_version() {
