@@ -1,6 +1,6 @@
 """The explainers of issue #14 against captum and pytorch-grad-cam, side by side in one run on this machine.
 
-  python bench/explain_peers.py [--quick] [--repeats 3] [--resnet50-batch 1]
+  python bench/explain_peers.py [--quick] [--repeats 3] [--resnet50-batch 1] [--models resnet20,resnet50]
 
 The shipped resnet20 (akamaster's CIFAR weights, 32px, batch 32) and a torchvision ResNet50 with random weights
 (224px), the same weights in both frameworks (tests/peers.py). Per method: seconds per call of cnnjax (after its
@@ -181,6 +181,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--target", type=float, default=1.0, help="seconds per timed repeat")
   parser.add_argument("--resnet50-batch", type=int, default=1)
+  parser.add_argument("--models", default="resnet20,resnet50", help="which sections run (--quick: resnet20 only)")
   parser.add_argument("--methods", help="comma-separated resnet20 rows to run (the start of their names; "
                       "'gradcam' for the (B, 10) row); default all")
   args = parser.parse_args()
@@ -188,13 +189,16 @@ def main():
   torch.set_num_threads(max(1, torch.get_num_threads()))
   onednn.available()  # 'auto' takes oneDNN for the shapes of xla_cpu.ONEDNN_WINS where the library is built
   rows = []
-  section_resnet20(args, rows)
-  if not args.quick:
+  models = args.models.split(",")
+  if "resnet20" in models:
+    section_resnet20(args, rows)
+  if "resnet50" in models and not args.quick:
     section_resnet50(args, rows)
   columns = ["model", "batch", "method", "cnnjax s", "peer s", "speed-up", "cnnjax forwards", "compile s", "error"]
   common.print_report(rows, columns)
   stem = HERE / "results" / (f"{datetime.date.today().isoformat()}-explain-peers{'-quick' if args.quick else ''}"
-                             f"{'-subset' if args.methods else ''}")
+                             f"{'-subset' if args.methods else ''}"
+                             f"{'' if 'resnet20' in models else f'-resnet50-b{args.resnet50_batch}'}")
   environment = {**common.environment(), "onednn": onednn.version()}  # None: XLA's kernels alone
   stem.with_suffix(".json").write_text(json.dumps({"environment": environment, "rows": rows}, indent=1,
                                                   default=float))
