@@ -161,6 +161,8 @@ def section_resnet50(args, rows):
   layer, layer_path = peers.RESNET50_LAYER
   for name, function, kind in (("scorecam", explain.scorecam, "ScoreCAM"),
                                ("ablationcam", explain.ablationcam, "AblationCAM")):
+    if args.methods and not name.startswith(tuple(args.methods)):
+      continue
     call, compile_s, forwards = _cnnjax(function, model, variables, jnp.asarray(images), jnp.asarray(targets),
                                         layer=layer)
     peer = _grad_cam(kind, torch_model, layer_path, x, targets)
@@ -182,8 +184,8 @@ def main():
   parser.add_argument("--target", type=float, default=1.0, help="seconds per timed repeat")
   parser.add_argument("--resnet50-batch", type=int, default=1)
   parser.add_argument("--models", default="resnet20,resnet50", help="which sections run (--quick: resnet20 only)")
-  parser.add_argument("--methods", help="comma-separated resnet20 rows to run (the start of their names; "
-                      "'gradcam' for the (B, 10) row); default all")
+  parser.add_argument("--methods", help="comma-separated rows to run (the start of their names; 'gradcam' for "
+                      "resnet20's (B, 10) row); default all")
   args = parser.parse_args()
   args.methods = args.methods.split(",") if args.methods else None
   torch.set_num_threads(max(1, torch.get_num_threads()))
