@@ -129,6 +129,40 @@ def test_single_device_sharded_and_pmap_steps_agree():
                          jax.tree_util.tree_leaves(state.batch_stats)[0])
 
 
+def test_mixup_gives_each_image_and_its_target_the_same_partner_and_weight():
+  lam, partner = step_lib.mixup_weights(jax.random.PRNGKey(3), 8, alpha=0.4)
+  images = jnp.arange(8, dtype=jnp.float32)[:, None, None, None] * jnp.ones((8, 2, 2, 3))  # image i is all i
+  targets = jax.nn.one_hot(jnp.arange(8), 8)  # image i is class i
+  mixed_images, mixed_targets = step_lib.mix(images, lam, partner), step_lib.mix(targets, lam, partner)
+  assert 0 < float(lam) < 1 and sorted(np.asarray(partner).tolist()) == list(range(8))
+  np.testing.assert_allclose(mixed_targets.sum(-1), 1.0, rtol=1e-6)
+  # Each mixed image's value, read back through its target distribution, is the image it was mixed from.
+  np.testing.assert_allclose(mixed_images[:, 0, 0, 0], mixed_targets @ jnp.arange(8.0), rtol=1e-5, atol=1e-5)
+  assert not np.array_equal(np.asarray(partner), np.arange(8))
+
+
+def test_mixup_step_mixes_only_what_differs():
+  model = models.create("simple_cnn_bn", num_classes=10, dropout=0.0)
+  config = config_lib.default_config()
+  tx = optim.create_optimizer(config, optim.create_schedule(config, 1))
+  state = step_lib.create_train_state(model, tx, (16, 16, 3), seed=0)
+  rng = np.random.default_rng(1)
+  distinct = {"images": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+              "labels": rng.integers(0, 10, (8,)).astype(np.int32)}
+  same = {"images": np.repeat(distinct["images"][:1], 8, 0), "labels": np.repeat(distinct["labels"][:1], 8)}
+
+  def loss(batch, alpha):
+    step = functools.partial(step_lib.train_step, model=model, num_classes=10, preprocess={"mode": "rescale"},
+                             label_smoothing=0.1, mixup_alpha=alpha)
+    _, metrics = jax.jit(step)(state, batch)
+    assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+    return float(metrics["loss"])
+
+  # A batch of one image and label is its own mix: the loss is unchanged; distinct images are mixed.
+  assert loss(same, 0.4) == pytest.approx(loss(same, 0.0), rel=1e-5)
+  assert abs(loss(distinct, 0.4) - loss(distinct, 0.0)) > 1e-3
+
+
 # --- whole runs ---------------------------------------------------------------------------------------------
 
 def params_of(workdir):
@@ -301,6 +335,7 @@ def test_mock_tfds_cifar10(tmp_path):
     ({"optimizer": "adagrad"}, "unknown optimizer"),
     ({"validation_split": 1.0}, r"validation_split must be in \[0, 1\)"),
     ({"num_epochs": "ten"}, "num_epochs should be a int"),
+    ({"mixup_alpha": -0.2}, r"mixup_alpha must be >= 0"),
 ])
 def test_bad_configs_fail_in_one_line_before_compiling(image_folder, tmp_path, overrides, message):
   # Built from a plain dict, as a config file may do, so ConfigDict's own type locking does not apply.

@@ -82,6 +82,7 @@ def _optimisation_fields(config: ml_collections.ConfigDict) -> None:
   config.weight_decay_params = "all"
   config.grad_clip_norm = 0.0  # 0 = no clipping
   config.label_smoothing = 0.0
+  config.mixup_alpha = 0.0  # mixup's Beta(alpha, alpha) (Zhang et al. 2018; 0.2-0.4 typical); 0 = off
   config.schedule = "constant"  # constant | piecewise | inverse_time | warmup_cosine | onecycle
   config.lr_drops = ()  # piecewise: ((epoch, lr), ...) meaning "lr from the epoch after `epoch` on"
   config.decay = config_dict.placeholder(float)  # inverse_time; None = learning_rate / num_epochs
@@ -171,6 +172,8 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     _fail(f"config.limit_per_class must be positive or None, got {config.limit_per_class}")
   if not 0 <= config.label_smoothing < 1:
     _fail(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
+  if config.get("mixup_alpha", 0.0) < 0:  # configs saved before the field did not mix
+    _fail(f"config.mixup_alpha must be >= 0 (0 = off), got {config.mixup_alpha}")
   if config.decay is not None and config.decay < 0:
     _fail(f"config.decay must be >= 0 or None, got {config.decay}")
   if config.early_stopping.patience < 0:

@@ -118,6 +118,7 @@ def jitted_steps(config, task: experiment.Task, replicated, batch_sharding):
   train_step = jax.jit(
       functools.partial(step_lib.train_step, model=task.model, num_classes=config.num_classes,
                         preprocess=task.preprocess, augment=task.augment, label_smoothing=config.label_smoothing,
+                        mixup_alpha=config.get("mixup_alpha", 0.0),
                         learning_rate_fn=task.schedule, frozen=task.frozen),
       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(

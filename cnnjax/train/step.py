@@ -53,18 +53,45 @@ def prepare_images(images, preprocess: Optional[dict], augment: Optional[dict] =
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return soft_cross_entropy(logits, optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing))
+
+
+def soft_cross_entropy(logits, targets):
+  """Per-image cross-entropy against (B, classes) target distributions."""
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def mixup_weights(key, batch_size: int, alpha: float):
+  """(lam, partner) of mixup (Zhang et al., "mixup: Beyond Empirical Risk Minimization", 2018): one
+  lam ~ Beta(alpha, alpha) per batch and a random permutation pairing each image with another, as the paper's
+  reference code draws them; `mix` applies them to the images and to every form of their targets alike.
+
+  Args:
+    key: PRNG key of this step.
+    batch_size: images in the batch.
+    alpha: the Beta distribution's parameter; small values keep most mixes close to one image.
+  Returns:
+    (scalar lam, (batch_size,) int partner indices).
+  """
+  weight_key, order_key = jax.random.split(key)
+  return jax.random.beta(weight_key, alpha, alpha), jax.random.permutation(order_key, batch_size)
+
+
+def mix(values, lam, partner):
+  """lam x_i + (1 - lam) x_partner[i] along the batch axis, in the values' dtype."""
+  return (lam * values + (1 - lam) * values[partner]).astype(values.dtype)
+
+
 def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, preprocess: Optional[dict],
-               augment: Optional[dict] = None, label_smoothing: float = 0.0,
+               augment: Optional[dict] = None, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
                learning_rate_fn: Optional[Callable] = None, axis_name: Optional[str] = None,
                frozen: Sequence[str] = ()):
   """One optimizer step on `batch` = {'images': uint8 NHWC, 'labels': int}; returns (state, metrics).
 
   BatchNorm layers among the `frozen` ones normalise with their moving statistics, which stay fixed, as Keras
-  runs a non-trainable BatchNormalization (their params are frozen by the optimizer).
+  runs a non-trainable BatchNormalization (their params are frozen by the optimizer). With mixup_alpha > 0 the
+  images and their targets are mixed (`mixup`) and the accuracy counts a prediction by the weight its class
+  has in the mixed target.
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:
@@ -72,16 +99,22 @@ def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, 
     step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
   augment_rng, dropout_rng = jax.random.split(step_rng)
   images = prepare_images(batch["images"], preprocess, augment, augment_rng)
+  targets = optax.smooth_labels(jax.nn.one_hot(batch["labels"], num_classes), label_smoothing)
+  hard_targets = jax.nn.one_hot(batch["labels"], num_classes)
+  if mixup_alpha > 0:
+    lam, partner = mixup_weights(jax.random.fold_in(augment_rng, 1), images.shape[0], mixup_alpha)
+    images, targets, hard_targets = (mix(v, lam, partner) for v in (images, targets, hard_targets))
 
   def loss_fn(params):
     with introspect.frozen_batch_norm(frozen):
       logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
                                     mutable=["batch_stats"], rngs={"dropout": dropout_rng})
-    loss = cross_entropy(logits, batch["labels"], num_classes, label_smoothing).mean()
+    loss = soft_cross_entropy(logits, targets).mean()
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
+  predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.sum(predicted * hard_targets, -1))}
   if axis_name is not None:
     grads = lax.pmean(grads, axis_name)
     metrics = lax.pmean(metrics, axis_name)
