@@ -39,5 +39,5 @@ def get_config():
   config.label_smoothing = 0.1
   config.augment.update(rotation=10.0, width_shift=0.1, height_shift=0.1)
   # The full one-cycle run, no early stop: its last epoch is the model, not the epoch the 400 photos liked best.
-  config.early_stopping.update(monitor="val_accuracy", patience=0)
+  config.early_stopping.update(monitor="val_accuracy", patience=0, restore_best_weights=False)
   return config

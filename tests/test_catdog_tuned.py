@@ -24,7 +24,8 @@ def test_only_the_recipe_differs_from_the_tutorials_config():
   assert changed == RECIPE_FIELDS
   # The seed's augmentation is kept; the recipe only adds to it.
   assert {key: tuned.augment[key] for key in SEED_AUGMENTATION} == SEED_AUGMENTATION
-  assert tuned.early_stopping.patience == 0  # the full one-cycle run: its last epoch is the model
+  # The full one-cycle run: its last epoch is the model, which eval.json reports.
+  assert tuned.early_stopping.patience == 0 and not tuned.early_stopping.restore_best_weights
   assert (tuned.model, tuned.image_size, tuned.num_classes, tuned.validation_split) == ("catdog_cnn", 150, 2, 0.2)
 
 

@@ -98,6 +98,12 @@ def test_a_run_saved_before_a_new_field_resumes_while_a_changed_field_is_refused
   config_lib.check_resumable(saved, current)  # the field did not exist: the run had its default
   with pytest.raises(ValueError, match=r"changed: weight_decay_params"):
     config_lib.check_resumable(saved, {**current, "weight_decay_params": "kernels"})
+  # A field new inside a group (early_stopping.restore_best_weights) also counts as its default there.
+  saved["early_stopping"] = {"monitor": "val_loss", "patience": 0}
+  config_lib.check_resumable(saved, current)
+  with pytest.raises(ValueError, match=r"changed: early_stopping"):
+    config_lib.check_resumable(saved, {**current, "early_stopping": {**current["early_stopping"],
+                                                                     "restore_best_weights": False}})
 
 
 def test_imagenet2012_comes_with_its_own_validation_split():

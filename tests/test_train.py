@@ -308,6 +308,24 @@ def test_early_stopping_keeps_the_best_epoch(image_folder, tmp_path):
     assert history[-1]["epoch"] - best["epoch"] >= 1
 
 
+def test_restore_best_weights_false_evaluates_and_restores_the_last_epoch(image_folder, tmp_path):
+  # The huge learning rate again: the first epoch has the best validation loss, the last does not.
+  config = tiny_config(image_folder, num_epochs=3, optimizer="sgd", learning_rate=0.5, momentum=0.0)
+  config.early_stopping.restore_best_weights = False
+  config.nonfinite = "skip"
+  results = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert results["epoch"] == history[-1]["epoch"] == 2
+  assert results["loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-5)
+  assert min(history, key=lambda record: record["val_loss"])["epoch"] != 2  # so best and last differ
+  last = params_of(tmp_path / "run")
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  saved["early_stopping"]["restore_best_weights"] = True
+  (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+  best = params_of(tmp_path / "run")
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(last), jax.tree_util.tree_leaves(best)))
+
+
 def test_nonfinite_loss_stops_with_the_step(image_folder, tmp_path):
   config = tiny_config(image_folder, optimizer="sgd", learning_rate=1e30, momentum=0.0)
   with pytest.raises(FloatingPointError, match=r"at step \d+"):

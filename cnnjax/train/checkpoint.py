@@ -64,6 +64,10 @@ class Checkpoints:
   def restore_best(self, state) -> Optional[Tuple[Any, Dict]]:
     return _restore(self.best, state)
 
+  def restore_final(self, state, best: bool = True) -> Optional[Tuple[Any, Dict]]:
+    """The run's model: the best checkpoint (else the latest), or the latest where `best` is False."""
+    return (best and self.restore_best(state)) or self.restore_latest(state)
+
   def close(self):
     self.latest.close()
     self.best.close()

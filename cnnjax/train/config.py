@@ -91,8 +91,10 @@ def _optimisation_fields(config: ml_collections.ConfigDict) -> None:
 
 def _run_fields(config: ml_collections.ConfigDict) -> None:
   """Early stopping, checkpoints, TensorBoard, transfer learning and the LR finder."""
-  # Early stopping on a validation metric; patience 0 = off. The best weights are what restore() returns.
-  config.early_stopping = ml_collections.ConfigDict(dict(monitor="val_loss", patience=0))
+  # Early stopping on a validation metric; patience 0 = off. restore_best_weights (Keras's EarlyStopping name):
+  # eval.json, the exported model and restore() take the epoch best by `monitor`; False: the last epoch's
+  # weights (Keras's default), for a run whose length, not the validation set, picks the model.
+  config.early_stopping = ml_collections.ConfigDict(dict(monitor="val_loss", patience=0, restore_best_weights=True))
   config.keep_checkpoints = 2  # latest N checkpoints, besides the best
   config.checkpoint_every_steps = 0  # also save mid-epoch every N steps (0: at the end of each epoch only)
   config.nonfinite = "stop"  # a NaN/inf loss: 'stop' with the step number, or 'skip' the update
@@ -145,7 +147,7 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
       _fail(f"config.{key} should be a {type(default).__name__}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
       _fail(f"config.{key} must be a finite number, got {value}")
-  for group, fields in (("early_stopping", ("monitor", "patience")), ("bottleneck", ("layer", "hidden", "dropout"))):
+  for group, fields in (("early_stopping", ("monitor", "patience", "restore_best_weights")), ("bottleneck", ("layer", "hidden", "dropout"))):
     unknown = sorted(set(config[group].keys()) - set(fields))
     if unknown:
       _fail(f"unknown config.{group} field(s) {unknown}; valid: {', '.join(fields)}")
@@ -320,7 +322,8 @@ def check_resumable(saved: Dict, current: Dict) -> None:
   A field added to the config after the run was saved counts as its default there: new fields default to what
   the code did before them."""
   defaults = default_config().to_dict()
-  saved = {**{key: value for key, value in defaults.items() if key not in saved}, **saved}
+  saved = {**defaults, **{key: {**defaults[key], **value} if isinstance(defaults.get(key), dict)
+                          and isinstance(value, dict) else value for key, value in saved.items()}}
   changed = [key for key in changed_fields(saved, current) if key not in RESUMABLE_CHANGES]
   if changed:
     _fail(f"the workdir holds a run with a different config (changed: {', '.join(changed)}); "

@@ -2,7 +2,7 @@
 
 A run trains a `Task` (a model on image sets: the config's model on images, or with config.bottleneck a dense head
 on a backbone's features) through `runner.run`, one loop over the global step whose periodic hooks evaluate,
-checkpoint, report and stop; then it evaluates the best weights.
+checkpoint, report and stop; then it evaluates the best weights (or the last epoch's: restore_best_weights).
 """
 import functools
 import json
@@ -34,7 +34,8 @@ from cnnjax.train import weights
 from cnnjax.train import workdir as workdir_lib
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
-  """Trains `config` into `workdir` (resuming what is there), then evaluates the best weights.
+  """Trains `config` into `workdir` (resuming what is there), then evaluates the best weights (the last epoch's
+  where config.early_stopping.restore_best_weights is False).
 
   Returns the evaluation written to eval.json.
   """
@@ -260,15 +261,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str, task: experiment.Task, 
     # Nothing was left to train (a rerun after the last checkpoint): metrics.jsonl and the curves may lack
     # that epoch if writing them failed (a full disk), so they are written again from the checkpoint's record.
     workdir_lib.write_history(workdir, progress.history)
-  return _evaluate_best(config, workdir, task, state, checkpoints, writer, eval_step, batch_sharding, is_writer)
+  return _evaluate_final(config, workdir, task, state, checkpoints, writer, eval_step, batch_sharding, is_writer)
 
 
-def _evaluate_best(config, workdir, task: experiment.Task, state, checkpoints, writer, eval_step, batch_sharding,
+def _evaluate_final(config, workdir, task: experiment.Task, state, checkpoints, writer, eval_step, batch_sharding,
                    is_writer: bool) -> Dict:
-  best_restored = checkpoints.restore_best(state) or checkpoints.restore_latest(state)
+  restored = checkpoints.restore_final(state, config.early_stopping.get("restore_best_weights", True))
   checkpoints.close()
   writer.close()
-  final_state = best_restored[0] if best_restored else state
+  final_state = restored[0] if restored else state
   splits = task.splits
   validation = _validation(splits)
   # A dataset's own test split (celeb_a) reports the weights validation chose; otherwise the validation split.
@@ -278,12 +279,12 @@ def _evaluate_best(config, workdir, task: experiment.Task, state, checkpoints, w
   results = evaluation.evaluate(eval_step, final_state.variables, eval_split, config.eval_batch_size,
                                 batch_sharding, class_names=splits.class_names)
   results["split"] = split_name
-  results["epoch"] = best_restored[1]["history"][-1]["epoch"] if best_restored else None
+  results["epoch"] = restored[1]["history"][-1]["epoch"] if restored else None
   if is_writer:
     workdir_lib.write_outputs(workdir, results, splits.class_names)
     if task.finish is not None:
       task.finish(jax.device_get(final_state.variables))
-  best_epoch = "-" if results["epoch"] is None else results["epoch"] + 1  # 1-based, as the epoch lines
-  print(f"eval ({results['split']}, weights of epoch {best_epoch}): loss {results['loss']:.4f}, "
+  epoch = "-" if results["epoch"] is None else results["epoch"] + 1  # 1-based, as the epoch lines
+  print(f"eval ({results['split']}, weights of epoch {epoch}): loss {results['loss']:.4f}, "
         f"accuracy {results['accuracy']:.4f}; outputs in {workdir}")
   return results

@@ -37,7 +37,8 @@ def _unusable(config_path: str, error: Exception) -> ValueError:
 
 
 def restore(workdir: str):
-  """(model, variables, config) of a train.py run: the best checkpoint, else the latest."""
+  """(model, variables, config) of a train.py run: the best checkpoint, else the latest (the latest where
+  config.early_stopping.restore_best_weights is False)."""
   config = _read_config(workdir)
   if config.get("phases"):  # a phased run: the weights of its last phase
     return restore(os.path.join(workdir, f"phase{len(config.phases)}"))
@@ -59,7 +60,7 @@ def restore(workdir: str):
     raise no_checkpoint
   checkpoints = checkpoint_lib.Checkpoints(workdir, config.keep_checkpoints)
   try:
-    restored = checkpoints.restore_best(abstract) or checkpoints.restore_latest(abstract)
+    restored = checkpoints.restore_final(abstract, config.early_stopping.get("restore_best_weights", True))
   finally:
     checkpoints.close()
   if restored is None:
