@@ -1,6 +1,7 @@
 """The explainers of issue #14 against captum and pytorch-grad-cam, side by side in one run on this machine.
 
   python bench/explain_peers.py [--quick] [--repeats 3] [--resnet50-batch 1] [--models resnet20,resnet50]
+      [--methods scorecam,...] [--peer-per-image]
 
 The shipped resnet20 (akamaster's CIFAR weights, 32px, batch 32) and a torchvision ResNet50 with random weights
 (224px), the same weights in both frameworks (tests/peers.py). Per method: seconds per call of cnnjax (after its
@@ -165,7 +166,16 @@ def section_resnet50(args, rows):
       continue
     call, compile_s, forwards = _cnnjax(function, model, variables, jnp.asarray(images), jnp.asarray(targets),
                                         layer=layer)
-    peer = _grad_cam(kind, torch_model, layer_path, x, targets)
+    if args.peer_per_image:
+      # pytorch-grad-cam's ScoreCAM scores one image's masked copies after another, but first builds every
+      # image's (2048, 3, 224, 224) copies at once (1.2 GB an image; at batch 8 it was OOM-killed at 24 GB), so
+      # one image per call is the same arithmetic in less memory.
+      singles = [_grad_cam(kind, torch_model, layer_path, x[i:i + 1], targets[i:i + 1]) for i in range(batch)]
+
+      def peer(singles=singles):
+        return [single() for single in singles]
+    else:
+      peer = _grad_cam(kind, torch_model, layer_path, x, targets)
     seconds = {}
     for framework, run in (("cnnjax", call), ("peer", peer)):  # one run each: minutes per call
       started = time.perf_counter()
@@ -174,7 +184,8 @@ def section_resnet50(args, rows):
       print(f"  resnet50 {name} {framework}: {seconds[framework]:.1f} s")
     rows.append({"model": "resnet50 224px", "batch": batch, "method": name, "cnnjax s": seconds["cnnjax"],
                  "peer s": seconds["peer"], "speed-up": seconds["peer"] / seconds["cnnjax"],
-                 "cnnjax forwards": forwards, "compile s": compile_s, "error": None})
+                 "cnnjax forwards": forwards, "compile s": compile_s,
+                 "error": "peer one image per call" if args.peer_per_image else None})
 
 
 def main():
@@ -183,6 +194,9 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--target", type=float, default=1.0, help="seconds per timed repeat")
   parser.add_argument("--resnet50-batch", type=int, default=1)
+  parser.add_argument("--peer-per-image", action="store_true",
+                      help="ResNet50 rows: call the peer once per image (same arithmetic; pytorch-grad-cam's "
+                      "ScoreCAM holds 1.2 GB of masked copies per image at once)")
   parser.add_argument("--models", default="resnet20,resnet50", help="which sections run (--quick: resnet20 only)")
   parser.add_argument("--methods", help="comma-separated rows to run (the start of their names; 'gradcam' for "
                       "resnet20's (B, 10) row); default all")
