@@ -90,8 +90,8 @@ def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, 
 
   BatchNorm layers among the `frozen` ones normalise with their moving statistics, which stay fixed, as Keras
   runs a non-trainable BatchNormalization (their params are frozen by the optimizer). With mixup_alpha > 0 the
-  images and their targets are mixed (`mixup`) and the accuracy counts a prediction by the weight its class
-  has in the mixed target.
+  images and their targets are mixed (`mixup_weights`, `mix`) and the accuracy counts a prediction by the weight
+  its class has in the mixed target.
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:
