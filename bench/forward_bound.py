@@ -10,13 +10,16 @@ multiply rate. This measures, side by side: the float32 matrix-multiply rate of 
 machine's practical peak), resnet20's forward in cnnjax (as occlusion's chunks run it) and in torch (as captum's
 `perturbations_per_eval=64` runs it) with XLA's FLOP count per image, and both occlusions; then the cnnjax forward
 as a share of the peak, captum's occlusion against torch's forward of the same images, and the best ratio cnnjax
-could reach computing at the peak. Prints Markdown for bench/RESULTS.md and writes
+could reach computing at the peak. The same forward rates for ResNet50 at 224 px (a random-weight torchvision
+ResNet50; cnnjax at batch 8, as Score-CAM at batch 8 calls it one channel at a time, torch at pytorch-grad-cam's
+batch_size=64) bound Score-CAM's ratio the same way. Prints Markdown for bench/RESULTS.md and writes
 bench/results/<date>-forward-bound.{json,md}.
 """
 import argparse
 import datetime
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -39,6 +42,23 @@ MATMUL = 4096
 BATCH, WINDOW, STRIDE, PEER_CHUNK = 32, 4, 2, 64  # explain_peers.py's occlusion row
 
 
+def _matmul_call(matmul, matrix):
+  return lambda: matmul(matrix)
+
+
+def _forward_call(model, variables, batch):
+  forward = jax.jit(lambda v, x: features.apply_logits(model, v, x))
+  batch = jnp.asarray(batch)
+  return lambda: forward(variables, batch)
+
+
+def _torch_forward_call(model, batch):
+  def forward():
+    with torch.inference_mode():
+      return model(batch)
+  return forward
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3)
@@ -54,54 +74,54 @@ def main():
   images = rng.normal(size=(BATCH, 32, 32, 3)).astype(np.float32)
   targets = rng.integers(0, 10, BATCH)
   chunk = sampling.check_chunk_size(None, model, jnp.asarray(images), positions)
-  ours_batch = jnp.asarray(np.tile(images, (chunk, 1, 1, 1)))  # one of occlusion's model calls
-  theirs_batch = peers.nchw(np.tile(images, (PEER_CHUNK, 1, 1, 1)))  # one of captum's
-  with xla_cpu.kernels("portable"):  # XLA counts no FLOPs inside oneDNN's custom calls
-    flops_per_image = common.xla_flops(lambda v, x: features.apply_logits(model, v, x), variables,
-                                       ours_batch) / ours_batch.shape[0]
-
-  matrix = jnp.ones((MATMUL, MATMUL), jnp.float32)
-  matmul = jax.jit(lambda a: a @ a)
-  torch_matrix = torch.ones(MATMUL, MATMUL)
-  forward = jax.jit(lambda v, x: features.apply_logits(model, v, x))
+  with tempfile.TemporaryDirectory() as workdir:
+    resnet50_torch, resnet50, resnet50_variables = peers.resnet50_pair(workdir)
+  # (cnnjax model, variables, its batch, torch model, its batch): one model call of each explainer.
+  forwards = {
+      "resnet20": (model, variables, np.tile(images, (chunk, 1, 1, 1)), torch_model, np.tile(images, (
+          PEER_CHUNK, 1, 1, 1))),
+      "resnet50": (resnet50, resnet50_variables, rng.normal(size=(8, 224, 224, 3)).astype(np.float32),
+                   resnet50_torch, rng.normal(size=(64, 224, 224, 3)).astype(np.float32)),
+  }
+  flops_per_image = {}
+  calls = {"xla matmul": _matmul_call(jax.jit(lambda a: a @ a), jnp.ones((MATMUL, MATMUL), jnp.float32)),
+           "torch matmul": _matmul_call(lambda a: a @ a, torch.ones(MATMUL, MATMUL))}
+  for name, (ours, ours_variables, ours_batch, theirs, theirs_batch) in forwards.items():
+    with xla_cpu.kernels("portable"):  # XLA counts no FLOPs inside oneDNN's custom calls
+      flops_per_image[name] = common.xla_flops(lambda v, x, m=ours: features.apply_logits(m, v, x),
+                                               ours_variables, ours_batch) / len(ours_batch)
+    calls[f"cnnjax {name}"] = _forward_call(ours, ours_variables, ours_batch)
+    calls[f"torch {name}"] = _torch_forward_call(theirs, peers.nchw(theirs_batch))
   occlusion = jax.jit(lambda v, x, t: explain.occlusion(model, v, x, t, window=WINDOW, strides=STRIDE))
   import captum.attr  # pylint: disable=import-outside-toplevel
   captum_occlusion = captum.attr.Occlusion(torch_model)
   x = peers.nchw(images)
-
-  def torch_forward():
-    with torch.inference_mode():
-      return torch_model(theirs_batch)
-
-  calls = {
-      "xla matmul": lambda: matmul(matrix),
-      "torch matmul": lambda: torch_matrix @ torch_matrix,
-      "cnnjax forward": lambda: forward(variables, ours_batch),
-      "torch forward": torch_forward,
-      "cnnjax occlusion": lambda: occlusion(variables, jnp.asarray(images), jnp.asarray(targets)),
-      "captum occlusion": lambda: captum_occlusion.attribute(
-          x, target=[int(t) for t in targets], sliding_window_shapes=(3, WINDOW, WINDOW),
-          strides=(3, STRIDE, STRIDE), baselines=0.0, perturbations_per_eval=PEER_CHUNK),
-  }
+  calls["cnnjax occlusion"] = lambda: occlusion(variables, jnp.asarray(images), jnp.asarray(targets))
+  calls["captum occlusion"] = lambda: captum_occlusion.attribute(
+      x, target=[int(t) for t in targets], sliding_window_shapes=(3, WINDOW, WINDOW),
+      strides=(3, STRIDE, STRIDE), baselines=0.0, perturbations_per_eval=PEER_CHUNK)
   timed = common.interleave(calls, repeats=args.repeats, target_seconds=args.target, log=print)
   seconds = {name: result["median_s"] for name, result in timed.items()}
   peak = max(2 * MATMUL ** 3 / seconds["xla matmul"], 2 * MATMUL ** 3 / seconds["torch matmul"])
-  ours_rate = ours_batch.shape[0] / seconds["cnnjax forward"]
-  theirs_rate = theirs_batch.shape[0] / seconds["torch forward"]
-  at_peak = images_per_call * flops_per_image / peak
-  rows = [
-      {"what": "matmul peak (best of XLA, torch)", "value": peak / 1e9, "unit": "GFLOP/s"},
-      {"what": "resnet20 forward, XLA FLOPs per image", "value": flops_per_image / 1e6, "unit": "MFLOP"},
-      {"what": f"cnnjax forward (batch {ours_batch.shape[0]})", "value": ours_rate, "unit": "images/s",
-       "share of peak": ours_rate * flops_per_image / peak},
-      {"what": f"torch forward (batch {theirs_batch.shape[0]})", "value": theirs_rate, "unit": "images/s",
-       "share of peak": theirs_rate * flops_per_image / peak},
-      {"what": f"cnnjax occlusion ({images_per_call} images)", "value": seconds["cnnjax occlusion"], "unit": "s",
-       "share of peak": at_peak / seconds["cnnjax occlusion"]},
+  rows = [{"what": "matmul peak (best of XLA, torch)", "value": peak / 1e9, "unit": "GFLOP/s"}]
+  rate = {}
+  for name, (_, _, ours_batch, _, theirs_batch) in forwards.items():
+    rows.append({"what": f"{name} forward, XLA FLOPs per image", "value": flops_per_image[name] / 1e6,
+                 "unit": "MFLOP"})
+    for framework, batch in (("cnnjax", ours_batch), ("torch", theirs_batch)):
+      rate[framework, name] = len(batch) / seconds[f"{framework} {name}"]
+      rows.append({"what": f"{framework} {name} forward (batch {len(batch)})", "value": rate[framework, name],
+                   "unit": "images/s", "share of peak": rate[framework, name] * flops_per_image[name] / peak})
+    rows.append({"what": f"{name} forward rate, cnnjax / torch", "value": rate["cnnjax", name] / rate[
+        "torch", name], "unit": "x"})
+  at_peak = images_per_call * flops_per_image["resnet20"] / peak
+  rows += [
+      {"what": f"cnnjax occlusion ({images_per_call} images, {chunk} positions per call)",
+       "value": seconds["cnnjax occlusion"], "unit": "s", "share of peak": at_peak / seconds["cnnjax occlusion"]},
       {"what": "captum occlusion", "value": seconds["captum occlusion"], "unit": "s",
        "share of peak": at_peak / seconds["captum occlusion"]},
       {"what": "captum occlusion / torch forward of the same images", "unit": "x",
-       "value": seconds["captum occlusion"] / (images_per_call / theirs_rate)},
+       "value": seconds["captum occlusion"] * rate["torch", "resnet20"] / images_per_call},
       {"what": "speed-up, captum / cnnjax occlusion", "value": seconds["captum occlusion"] / seconds[
           "cnnjax occlusion"], "unit": "x"},
       {"what": "ceiling: captum / (cnnjax's arithmetic at the peak)", "value": seconds["captum occlusion"] / at_peak,
