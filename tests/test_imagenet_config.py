@@ -6,6 +6,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -160,3 +161,13 @@ def test_the_recipe_trains_end_to_end_on_an_imagenet_layout_folder(imagenet_fold
   assert len(history) == 1 and np.isfinite(history[0]["train_loss"]) and np.isfinite(history[0]["val_loss"])
   assert results["confusion_matrix"] and sum(map(sum, results["confusion_matrix"])) == 6  # 2 validation per class
   assert "conv5_block3_3_conv" in (workdir / "summary.txt").read_text()
+
+
+def test_an_early_stopping_group_written_before_restore_best_weights_is_valid():
+  config = config_lib.default_config()
+  config.early_stopping = ml_collections.ConfigDict(dict(monitor="val_accuracy", patience=2))
+  config_lib.validate(config)  # the run evaluates the best epoch, as before the field
+  config.early_stopping = ml_collections.ConfigDict(dict(monitor="val_accuracy", patience=2,
+                                                         restore_best_weights="yes"))
+  with pytest.raises(ValueError, match="config.early_stopping.restore_best_weights should be a bool"):
+    config_lib.validate(config)

@@ -133,6 +133,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config)
 
 
+# Group fields added after configs were written that replace the whole group: where missing, the code reads their
+# default (`config.early_stopping.get(...)`), which is what it did before them.
+_ADDED_GROUP_FIELDS = frozenset({"restore_best_weights"})
+
+
 def _check_fields(config: ml_collections.ConfigDict) -> None:
   """Every field known, present and of its default's kind."""
   defaults = default_config()
@@ -147,11 +152,14 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
       _fail(f"config.{key} should be a {type(default).__name__}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
       _fail(f"config.{key} must be a finite number, got {value}")
-  for group, fields in (("early_stopping", ("monitor", "patience", "restore_best_weights")), ("bottleneck", ("layer", "hidden", "dropout"))):
+  for group, fields in (("early_stopping", ("monitor", "patience", "restore_best_weights")),
+                        ("bottleneck", ("layer", "hidden", "dropout"))):
     unknown = sorted(set(config[group].keys()) - set(fields))
     if unknown:
       _fail(f"unknown config.{group} field(s) {unknown}; valid: {', '.join(fields)}")
     for field in fields:
+      if field not in config[group] and field in _ADDED_GROUP_FIELDS:
+        continue
       default, value = defaults[group][field], config[group].get(field)
       if not _same_kind(default, value):
         _fail(f"config.{group}.{field} should be a {type(default).__name__}, got {value!r}")
