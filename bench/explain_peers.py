@@ -213,8 +213,9 @@ def main():
   columns = ["model", "batch", "method", "cnnjax s", "peer s", "speed-up", "cnnjax forwards", "compile s", "error"]
   common.print_report(rows, columns)
   stem = HERE / "results" / (f"{datetime.date.today().isoformat()}-explain-peers{'-quick' if args.quick else ''}"
-                             f"{'-subset' if args.methods else ''}"
-                             f"{'' if 'resnet20' in models else f'-resnet50-b{args.resnet50_batch}'}")
+                             f"{'-' + '-'.join(args.methods) if args.methods else ''}"
+                             f"{'' if 'resnet20' in models else f'-resnet50-b{args.resnet50_batch}'}"
+                             f"{'-per-image' if args.peer_per_image else ''}")
   environment = {**common.environment(), "onednn": onednn.version()}  # None: XLA's kernels alone
   stem.with_suffix(".json").write_text(json.dumps({"environment": environment, "rows": rows}, indent=1,
                                                   default=float))
