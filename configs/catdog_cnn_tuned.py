@@ -15,7 +15,10 @@ Topin, "Super-Convergence", 2017: warm up to the peak, then anneal to ~0, which 
 instead of leaving them at a noisy step); label smoothing 0.1 (Szegedy et al., "Rethinking the Inception
 Architecture", 2016) keeps the two-class softmax from growing over-confident on a small training set; beside the
 seed's shear 0.2 / zoom 0.2 / horizontal flip, small rotations and shifts (Chollet, "Deep Learning with Python",
-5.2, augments the same photos so), since 60 passes over 1,600 photos would otherwise memorise them.
+5.2, augments the same photos so), since many passes over 1,600 photos would otherwise memorise them; mixup
+(Zhang et al., "mixup", 2018, alpha 0.2) trains on convex mixes of image pairs and their labels, which kept the
+held-out accuracy climbing over 150 epochs where plain training stopped at 0.810-0.818 (README: 60 epochs ended at
+0.810 on seed 1's photos, 100 at 0.818, 100 with mixup at 0.8175, 150 with mixup at 0.835).
 
 A first recipe (peak 2e-3, batch 32, inputs rescaled to [0, 1], rotations of 15 degrees, 30 epochs) still
 trained at 0.60 accuracy after 12 epochs, 9 of them warm-up: the model has no BatchNorm, so the inputs are
@@ -28,7 +31,7 @@ from configs import catdog_cnn
 
 def get_config():
   config = catdog_cnn.get_config()
-  config.num_epochs = 60
+  config.num_epochs = 150
   config.batch_size = 16
   config.preprocess = "torch"  # (x / 255 - ImageNet mean) / ImageNet std, per channel
   config.optimizer = "adamw"
@@ -37,6 +40,7 @@ def get_config():
   config.weight_decay = 0.05
   config.weight_decay_params = "kernels"
   config.label_smoothing = 0.1
+  config.mixup_alpha = 0.2
   config.augment.update(rotation=10.0, width_shift=0.1, height_shift=0.1)
   # The full one-cycle run, no early stop: its last epoch is the model, not the epoch the 400 photos liked best.
   config.early_stopping.update(monitor="val_accuracy", patience=0, restore_best_weights=False)
