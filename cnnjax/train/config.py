@@ -134,8 +134,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 # Group fields added after configs were written that replace the whole group: where missing, the code reads their
-# default (`config.early_stopping.get(...)`), which is what it did before them.
+# default (`restores_best_weights`), which is what it did before them.
 _ADDED_GROUP_FIELDS = frozenset({"restore_best_weights"})
+
+
+def restores_best_weights(config) -> bool:
+  """Whether a run's model is its best epoch by early_stopping.monitor (True where the group predates the field)."""
+  return config.early_stopping.get("restore_best_weights", True)
 
 
 def _check_fields(config: ml_collections.ConfigDict) -> None:

@@ -266,7 +266,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, task: experiment.Task, 
 
 def _evaluate_final(config, workdir, task: experiment.Task, state, checkpoints, writer, eval_step, batch_sharding,
                    is_writer: bool) -> Dict:
-  restored = checkpoints.restore_final(state, config.early_stopping.get("restore_best_weights", True))
+  restored = checkpoints.restore_final(state, config_lib.restores_best_weights(config))
   checkpoints.close()
   writer.close()
   final_state = restored[0] if restored else state

@@ -60,7 +60,7 @@ def restore(workdir: str):
     raise no_checkpoint
   checkpoints = checkpoint_lib.Checkpoints(workdir, config.keep_checkpoints)
   try:
-    restored = checkpoints.restore_final(abstract, config.early_stopping.get("restore_best_weights", True))
+    restored = checkpoints.restore_final(abstract, config_lib.restores_best_weights(config))
   finally:
     checkpoints.close()
   if restored is None:
