@@ -12,8 +12,10 @@ machine's practical peak), resnet20's forward in cnnjax (as occlusion's chunks r
 as a share of the peak, captum's occlusion against torch's forward of the same images, and the best ratio cnnjax
 could reach computing at the peak. The same forward rates for ResNet50 at 224 px (a random-weight torchvision
 ResNet50; cnnjax at batch 8, as Score-CAM at batch 8 calls it one channel at a time, torch at pytorch-grad-cam's
-batch_size=64) bound Score-CAM's ratio the same way. Prints Markdown for bench/RESULTS.md and writes
-bench/results/<date>-forward-bound.{json,md}.
+batch_size=64) bound Score-CAM's ratio the same way. cnnjax's forward is timed twice: as `apply_logits` (each
+convolution's BatchNorm, residual add and ReLU one XLA pass after it) and as `forward_logits`, the fused forward
+the perturbation explainers run (cnnjax.models.fusion: one oneDNN call per chain). Prints Markdown for
+bench/RESULTS.md and writes bench/results/<date>-forward-bound.{json,md}.
 """
 import argparse
 import datetime
@@ -46,8 +48,8 @@ def _matmul_call(matmul, matrix):
   return lambda: matmul(matrix)
 
 
-def _forward_call(model, variables, batch):
-  forward = jax.jit(lambda v, x: features.apply_logits(model, v, x))
+def _forward_call(model, variables, batch, logits=features.apply_logits):
+  forward = jax.jit(lambda v, x: logits(model, v, x))
   batch = jnp.asarray(batch)
   return lambda: forward(variables, batch)
 
@@ -91,6 +93,7 @@ def main():
       flops_per_image[name] = common.xla_flops(lambda v, x, m=ours: features.apply_logits(m, v, x),
                                                ours_variables, ours_batch) / len(ours_batch)
     calls[f"cnnjax {name}"] = _forward_call(ours, ours_variables, ours_batch)
+    calls[f"cnnjax {name} fused"] = _forward_call(ours, ours_variables, ours_batch, features.forward_logits)
     calls[f"torch {name}"] = _torch_forward_call(theirs, peers.nchw(theirs_batch))
   occlusion = jax.jit(lambda v, x, t: explain.occlusion(model, v, x, t, window=WINDOW, strides=STRIDE))
   import captum.attr  # pylint: disable=import-outside-toplevel
@@ -112,8 +115,13 @@ def main():
       rate[framework, name] = len(batch) / seconds[f"{framework} {name}"]
       rows.append({"what": f"{framework} {name} forward (batch {len(batch)})", "value": rate[framework, name],
                    "unit": "images/s", "share of peak": rate[framework, name] * flops_per_image[name] / peak})
-    rows.append({"what": f"{name} forward rate, cnnjax / torch", "value": rate["cnnjax", name] / rate[
-        "torch", name], "unit": "x"})
+    rate["cnnjax fused", name] = len(ours_batch) / seconds[f"cnnjax {name} fused"]
+    rows.append({"what": f"cnnjax {name} fused forward (batch {len(ours_batch)}, the explainers' copies)",
+                 "value": rate["cnnjax fused", name], "unit": "images/s",
+                 "share of peak": rate["cnnjax fused", name] * flops_per_image[name] / peak})
+    for framework in ("cnnjax", "cnnjax fused"):
+      rows.append({"what": f"{name} forward rate, {framework} / torch", "value": rate[framework, name] / rate[
+          "torch", name], "unit": "x"})
   at_peak = images_per_call * flops_per_image["resnet20"] / peak
   rows += [
       {"what": f"cnnjax occlusion ({images_per_call} images, {chunk} positions per call)",

@@ -6,6 +6,7 @@ cnnjax says so once and computes with XLA's kernels.
 The library is built here, in a folder of its own (cnnjax.models.onednn.build: one g++ run, about 10 s on 2
 cores), so CI exercises it; requirements-dev.txt installs oneDNN. Only this module's tests trace with it
 (conftest.py)."""
+import functools
 import logging
 import shutil
 
@@ -307,3 +308,109 @@ def test_a_onednn_that_is_not_the_openmp_cpu_build_is_a_one_line_build_error(mon
     onednn.build()
   assert "\n" not in str(error.value) and "OpenMP" in str(error.value) and "cnnjax[onednn]" in str(error.value)
   assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-built is left
+
+
+# --- the fused inference convolution and cnnjax.models.fusion --------------------------------------------------
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("adds", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_fused_call_gives_lax_values_gradients_and_folds_under_vmap(strides, adds, relu):
+  rng = np.random.default_rng(4)
+  padding = ((1, 1), (0, 2))
+  inputs = jnp.asarray(rng.standard_normal((3, 2, 9, 8, 4)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal(5), jnp.float32)
+  out_shape = jax.eval_shape(lambda x: _lax_conv(x, kernel, strides, padding), inputs[0]).shape
+  residual = jnp.asarray(rng.standard_normal((3, *out_shape)), jnp.float32) if adds else None
+
+  def reference(x, w, b, r):
+    z = _lax_conv(x, w, strides, padding) + b + (0 if r is None else r)
+    return jax.nn.relu(z) if relu else z
+
+  def fused(x, w, b, r):
+    return onednn.fused_conv(x, w, b, r, strides, padding, relu)
+
+  def loss(conv):  # sin: every element's cotangent differs
+    return lambda x, w, b, r: jnp.sum(jnp.sin(conv(x, w, b, r)))
+
+  argnums = (0, 1, 2, 3) if adds else (0, 1, 2)
+  first = None if residual is None else residual[0]
+  have = jax.jit(jax.value_and_grad(loss(fused), argnums))(inputs[0], kernel, bias, first)
+  test_kernels._assert_close(have, jax.value_and_grad(loss(reference), argnums)(inputs[0], kernel, bias, first),
+                             tolerance=2e-5)
+  # perturbation chunks vmap the copies (and residuals) over shared weights: one call on the merged batch
+  in_axes = (0, None, None, 0 if adds else None)
+  compiled = jax.jit(jax.vmap(fused, in_axes)).lower(inputs, kernel, bias, residual).compile()
+  assert "while" not in compiled.as_text()
+  test_kernels._assert_close(compiled(inputs, kernel, bias, residual),
+                             jax.vmap(reference, in_axes)(inputs, kernel, bias, residual), tolerance=2e-5)
+
+
+def _conv_layers(model, shape) -> int:
+  return sum(info.kind == "Conv" for info in models.introspect.layer_infos(model, shape))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50", "vgg16", "simple_cnn", "mobilenet"])
+def test_inference_fusion_gives_the_same_logits_with_one_call_per_convolution_chain(name):
+  """Each architecture's smallest case (random weights, BatchNorm statistics included): the fused forward's
+  logits are the portable path's; on CPU every ungrouped convolution is one fused call, and no unfused
+  convolution or BatchNorm is left in the compiled program (XLA dropped the layers' own values)."""
+  from cnnjax.explain import features
+  model = models.create(name, num_classes=3)
+  shape = test_kernels._smallest_images(model)
+  variables = test_kernels._random_like(
+      jax.eval_shape(lambda images: model.init(jax.random.key(0), images), shape), seed=0)
+  images = jnp.asarray(np.random.default_rng(1).standard_normal(shape.shape), jnp.float32)
+  with xla_cpu.kernels("portable"):
+    want = jax.jit(functools.partial(features.apply_logits, model))(variables, images)
+  with xla_cpu.kernels("onednn"):
+    forward = jax.jit(functools.partial(features.forward_logits, model)).lower(variables, images).compile()
+  text = forward.as_text()
+  assert text.count("custom_call_target=\"cnnjax_onednn_conv_fused") == _conv_layers(model, shape.shape[1:]) > 0
+  assert "cnnjax_onednn_conv_forward" not in text
+  test_kernels._assert_close(forward(variables, images), want)
+  # elsewhere the layers' own values: a program for CUDA holds no custom call
+  assert "cnnjax_onednn" not in test_kernels._exported(
+      functools.partial(features.forward_logits, model), (variables, images), ("cuda",), "onednn")
+  # without the work-arounds the fusion steps aside as well
+  with xla_cpu.kernels("onednn", disable="onednn"):
+    plain = jax.jit(functools.partial(features.forward_logits, model)).lower(variables, images).as_text()
+  assert "cnnjax_onednn" not in plain
+
+
+def test_residual_blocks_fuse_their_add_and_relu():
+  """resnet20's 19 convolutions: the second of each block's two adds the shortcut and applies the block's ReLU."""
+  from cnnjax.models import fusion
+  model = models.create("resnet20", num_classes=3)
+  images = jnp.zeros((2, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(lambda images: model.init(jax.random.key(0), images), images)
+
+  def forward(variables, images):
+    with fusion.inference_fusion():
+      return model.apply(variables, images)
+  with xla_cpu.kernels("onednn"):
+    text = jax.jit(forward).lower(variables, images).compile().as_text()
+  assert text.count("custom_call_target=\"cnnjax_onednn_conv_fused_add\"") == 9
+  assert text.count("custom_call_target=\"cnnjax_onednn_conv_fused\"") == 10
+
+
+def test_occlusion_and_scorecam_give_the_portable_paths_maps_with_the_fused_forward():
+  from cnnjax import explain
+  model = models.create("resnet20", num_classes=10)
+  shape = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  variables = test_kernels._random_like(
+      jax.eval_shape(lambda images: model.init(jax.random.key(0), images), shape), seed=0)
+  images = jnp.asarray(np.random.default_rng(1).standard_normal(shape.shape), jnp.float32)
+  targets = jnp.array([3, 7])
+  run = {"occlusion": lambda v, x: explain.occlusion(model, v, x, targets, window=(8, 8), strides=(8, 8)),
+         "scorecam": lambda v, x: explain.scorecam(model, v, x, targets, chunk_size=16)}
+  for method, function in run.items():
+    with xla_cpu.kernels("portable"):
+      want = jax.jit(function)(variables, images)
+    jax.clear_caches()  # the explainers' own jit keeps a trace by its arguments, whatever the path
+    with xla_cpu.kernels("onednn"):
+      compiled = jax.jit(function).lower(variables, images).compile()
+    assert "cnnjax_onednn_conv_fused" in compiled.as_text(), method
+    test_kernels._assert_close(compiled(variables, images), want, tolerance=2e-4)

@@ -216,7 +216,7 @@ def _scorecam_weights(model, variables, images, targets, activations, chunk):
     high = jnp.max(masks, axis=(-2, -1), keepdims=True)
     masks = (masks - low) / (high - low + _SCORE_MASK_EPSILON)
     masked = (images[None] * masks[..., None].astype(images.dtype)).reshape(-1, *images.shape[1:])
-    logits = features.apply_logits(model, variables, masked)
+    logits = features.forward_logits(model, variables, masked)
     return targets.tile(len(indices)).scores(logits).reshape(len(indices), images.shape[0], targets.count)
 
   scores = _channel_scores(masked_scores, activations.shape[-1], chunk, images.shape[0], targets.count)

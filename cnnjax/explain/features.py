@@ -16,13 +16,22 @@ import numpy as np
 
 from cnnjax.explain import backprop
 from cnnjax.explain import targets as targets_lib
-from cnnjax.models import introspect
+from cnnjax.models import fusion, introspect
 from cnnjax.models.introspect import LayerInfo, layer_infos, num_classes, static_model, unwrap_model
 
 
 def apply_logits(model, variables, images):
   """The model's logits in inference mode (the only mode explainers use)."""
   return model.apply(variables, images, train=False)
+
+
+def forward_logits(model, variables, images):
+  """`apply_logits` for the passes explainers never differentiate (the perturbed copies of occlusion, RISE, the
+  ablations, KernelSHAP, Score-CAM and the metrics): traced under `fusion.inference_fusion`, so that on CPU with
+  oneDNN each convolution + BatchNorm + add + ReLU chain is one call (1.3-1.4x resnet20's forward,
+  bench/forward_bound.py); the same values to float rounding."""
+  with fusion.inference_fusion():
+    return apply_logits(model, variables, images)
 
 
 # Keras 2.1 ResNet50 names (the tutorials' `res5c_branch2c`) -> Keras 2.2+ names, which the zoo uses.

@@ -140,7 +140,7 @@ def _copy_scores(model, variables, copies, targets: targets_lib.Targets, probabi
   """(n, B) target scores of n copies (n, B, H, W, C) of the batch: the score the explainers explain (the logit, or
   the target function's value), or with `probabilities` the one the curve metrics score (`target_probabilities`)."""
   count, batch = copies.shape[:2]
-  logits = features.apply_logits(model, variables, copies.reshape(count * batch, *copies.shape[2:]))
+  logits = features.forward_logits(model, variables, copies.reshape(count * batch, *copies.shape[2:]))
   if probabilities:
     logits = target_probabilities(logits, targets)
   return targets.tile(count).scores(logits)[:, 0].reshape(count, batch)

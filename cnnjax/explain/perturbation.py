@@ -28,7 +28,7 @@ KERNEL_SHAP_ENDPOINT_WEIGHT = 1e6
 def _scores(model, variables, targets, inputs):
   """(n, B, K) target scores of n perturbed copies (n, B, H, W, C) of the batch, from one model call."""
   copies, batch = inputs.shape[:2]
-  logits = features.apply_logits(model, variables, inputs.reshape(copies * batch, *inputs.shape[2:]))
+  logits = features.forward_logits(model, variables, inputs.reshape(copies * batch, *inputs.shape[2:]))
   return targets.tile(copies).scores(logits).reshape(copies, batch, -1)
 
 

@@ -58,6 +58,7 @@ Padding = Union[str, Sequence[Tuple[int, int]]]
 
 _path = contextvars.ContextVar("cnnjax_kernels_path", default=None)  # None: CNNJAX_KERNELS decides
 _disabled = contextvars.ContextVar("cnnjax_kernels_disabled", default=frozenset())
+_fusing = contextvars.ContextVar("cnnjax_inference_fusion", default=False)  # see `fusing`
 
 
 def _checked_path(path: str, source: str) -> str:
@@ -98,6 +99,17 @@ def kernels(path: Optional[str] = None, *, disable: Sequence[str] = ()):
     _path.reset(path_token)
 
 
+@contextlib.contextmanager
+def fusing():
+  """Marks functions traced within as `cnnjax.models.fusion.inference_fusion`'s, whose fused oneDNN calls write
+  each block's output in one buffer already: `materialize` then adds no divide (a pass of its own there)."""
+  token = _fusing.set(True)
+  try:
+    yield
+  finally:
+    _fusing.reset(token)
+
+
 def _path_for(workaround: str) -> str:
   """The path ('auto', 'xla_cpu' or 'portable') that functions traced now take for `workaround`."""
   if workaround in _disabled.get():
@@ -126,7 +138,7 @@ def conv(inputs, kernel, strides: Sequence[int], padding: Padding, feature_group
   XLA:CPU through `conv_as_matmul` or `strided_conv` when one applies (the first not disabled)."""
   strides = tuple(strides)
   portable = functools.partial(_lax_conv, strides=strides, padding=padding, feature_group_count=feature_group_count)
-  pairs = tuple(map(tuple, _window_geometry(inputs.shape[1:3], kernel.shape[:2], strides, padding)[0]))
+  pairs = explicit_padding(inputs.shape[1:3], kernel.shape[:2], strides, padding)
   workaround = _conv_workaround(inputs.shape[1:3], kernel.shape[:2], strides, feature_group_count)
   if workaround is None:
     xla = portable
@@ -207,6 +219,15 @@ ONEDNN_WINS = {
 }
 
 
+def onednn_computes(inputs, kernel, pairs) -> bool:
+  """Whether a float32 or bfloat16 ungrouped convolution traced now may run as oneDNN's fused inference call
+  (`cnnjax.models.fusion`): the 'auto' or 'onednn' path, a geometry oneDNN supports, the library loaded."""
+  path = _path_for("onednn")
+  return (path in ("auto", "onednn") and onednn.supports(inputs, kernel, pairs)
+          and onednn.available(explicitly_asked=path == "onednn")
+          and (inputs.dtype != jnp.bfloat16 or onednn.native_bfloat16()))
+
+
 def _onednn_ops(inputs, kernel, strides: Sequence[int], pairs, feature_group_count: int) -> Tuple[str, ...]:
   """The ops of a convolution traced now that oneDNN computes where the program runs on CPU: on the 'onednn'
   path all of a convolution it supports, on 'auto' those ONEDNN_WINS lists for float32 and all of a bfloat16
@@ -236,7 +257,10 @@ def max_pooling(inputs, window: Sequence[int], strides: Sequence[int], padding: 
 
 
 def materialize(values):
-  """`values`; where the program runs on XLA:CPU, computed once into one buffer (`materialized`)."""
+  """`values`; where the program runs on XLA:CPU, computed once into one buffer (`materialized`), unless traced
+  for `fusing`."""
+  if _fusing.get():
+    return values
   return _per_platform("materialized", materialized, lambda values: values, values)
 
 
@@ -360,6 +384,13 @@ def _window_geometry(spatial: Sequence[int], window: Sequence[int], strides: Seq
   pads = tuple(lax.padtype_to_pads(spatial, window, strides, padding)) if isinstance(padding, str) else padding
   out_shape = tuple((spatial[axis] + sum(pads[axis]) - window[axis]) // strides[axis] + 1 for axis in range(2))
   return pads, out_shape
+
+
+def explicit_padding(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
+                     padding: Padding) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+  """The ((top, bottom), (left, right)) pads of `padding` ('SAME'/'VALID' in any case, or pairs) on this map."""
+  padding = padding.upper() if isinstance(padding, str) else padding
+  return tuple(tuple(pair) for pair in _window_geometry(spatial, window, strides, padding)[0])
 
 
 def _pad_for_windows(inputs, window: Sequence[int], strides: Sequence[int], padding: Padding, value):

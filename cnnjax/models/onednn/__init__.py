@@ -48,6 +48,8 @@ THREADS_VARIABLE = "CNNJAX_ONEDNN_THREADS"
 TARGETS = {"forward": "cnnjax_onednn_conv_forward", "input_gradient": "cnnjax_onednn_conv_backward_data",
            "kernel_gradient": "cnnjax_onednn_conv_backward_weights"}
 OPS = tuple(TARGETS)
+# whether the fused inference forward adds a residual -> its custom call
+FUSED_TARGETS = {False: "cnnjax_onednn_conv_fused", True: "cnnjax_onednn_conv_fused_add"}
 _BFLOAT16_SUFFIX = "_bf16"  # the same three handlers for bfloat16 operands
 BUILD_COMMAND = "python -m cnnjax.models.onednn build"
 _ONEDNN_LIBRARY = "libdnnl.so.3"
@@ -170,7 +172,7 @@ def _load() -> Optional[str]:
   except OSError as error:
     return f"cnnjax's oneDNN convolutions could not be loaded ({error}); XLA's kernels are used"
   library.cnnjax_onednn_set_num_threads(ctypes.c_int(count))
-  for target in TARGETS.values():
+  for target in (*TARGETS.values(), *FUSED_TARGETS.values()):
     for name in (target, target + _BFLOAT16_SUFFIX):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
   _library = library
@@ -223,33 +225,43 @@ def output_spatial(spatial: Sequence[int], window: Sequence[int], strides: Seque
                for axis in range(2))
 
 
-def _ffi_call(direction: str, out_shape, strides, padding, dilation, *operands):
-  """One FFI custom call; vmapped, it runs once per element (`sequential`, a loop)."""
+def _ffi_call(target: str, out_shape, strides, padding, dilation, *operands, aliases=None, **attributes):
+  """One FFI custom call of `target` (its _bf16 twin for bfloat16) returning `out_shape`; vmapped, it runs once per
+  element (`sequential`, a loop)."""
   dtype = operands[0].dtype
-  target = TARGETS[direction] + (_BFLOAT16_SUFFIX if dtype == jnp.bfloat16 else "")
-  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, dtype), vmap_method="sequential")(
+  target += _BFLOAT16_SUFFIX if dtype == jnp.bfloat16 else ""
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, dtype), vmap_method="sequential",
+                          input_output_aliases=aliases)(
       *operands, strides=np.asarray(strides, np.int64), padding=np.asarray(padding, np.int64).reshape(-1),
-      dilation=np.asarray(dilation, np.int64))
+      dilation=np.asarray(dilation, np.int64), **attributes)
 
 
-def _call(direction: str, out_shape, operands, strides, padding, dilation):
-  """`_ffi_call`, batched by folding: under vmap, a forward or backward-data call whose kernel is not vmapped
-  is one call on the vmapped axis merged into N (explainers vmap the backward pass over K targets' cotangents);
-  other batchings (vmapped kernels, the kernel gradient, which sums over N) run per element."""
-  static = (strides, padding, dilation)
-  call = functools.partial(_ffi_call, direction, out_shape, *static)
-  batched = jax.custom_batching.custom_vmap(call)
+def _folding(call, out_shape, operands, activations: Tuple[int, ...]):
+  """`call(out_shape, *operands)`, batched by folding: under vmap, when exactly the operands at positions
+  `activations` are vmapped (N-first maps; the kernel and bias shared), it is one call on the vmapped axis merged
+  into N (explainers vmap the backward pass over K targets' cotangents, perturbation chunks over their copies);
+  other batchings (vmapped kernels) run per element."""
+  batched = jax.custom_batching.custom_vmap(functools.partial(call, out_shape))
 
   @batched.def_vmap
-  def _folded(axis_size, in_batched, activations, other):
-    if not in_batched[0] or in_batched[1] or direction == "kernel_gradient":
+  def _folded(axis_size, in_batched, *args):
+    if tuple(in_batched) != tuple(index in activations for index in range(len(args))):
       in_axes = tuple(0 if is_batched else None for is_batched in in_batched)
-      return jax.vmap(call, in_axes=in_axes)(activations, other), True
-    merged = activations.reshape(axis_size * activations.shape[1], *activations.shape[2:])
-    outputs = _call(direction, (axis_size * out_shape[0], *out_shape[1:]), (merged, other), *static)
+      return jax.vmap(functools.partial(call, out_shape), in_axes=in_axes)(*args), True
+    merged = [arg.reshape(axis_size * arg.shape[1], *arg.shape[2:]) if index in activations else arg
+              for index, arg in enumerate(args)]
+    outputs = _folding(call, (axis_size * out_shape[0], *out_shape[1:]), merged, activations)
     return outputs.reshape(axis_size, *out_shape), True
 
   return batched(*operands)
+
+
+def _call(direction: str, out_shape, operands, strides, padding, dilation):
+  """The `direction` convolution of (activations, kernel) or (inputs, cotangents), folded under vmap except for
+  the kernel gradient (which sums over N)."""
+  call = lambda out_shape, *operands: _ffi_call(TARGETS[direction], out_shape, strides, padding, dilation,
+                                                  *operands)
+  return _folding(call, out_shape, operands, () if direction == "kernel_gradient" else (0,))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
@@ -295,3 +307,44 @@ def _conv_backward(strides, padding, dilation, ops, fallback, residuals, cotange
 
 
 conv.defvjp(_conv_forward, _conv_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def fused_conv(inputs, kernel, bias, residual, strides: Tuple[int, int], padding: Pairs, relu: bool):
+  """`relu?(conv(inputs, kernel) + bias [+ residual])` as one oneDNN inference convolution: the bias, the residual
+  (oneDNN's sum post-op, into the output buffer XLA aliases to it) and the ReLU are applied to each output tile
+  while it is in registers, so the elementwise passes XLA would run over the output after the custom call are gone.
+  `cnnjax.models.fusion` folds BatchNorm into `kernel` and `bias` and calls this; differentiable (its gradient
+  is oneDNN's backward convolutions), though it is meant for forward-only passes.
+
+  Args:
+    inputs: (N, H, W, C); kernel: (KH, KW, C, O); bias: (O,); residual: (N, H', W', O) or None; all one dtype.
+    strides, padding: as `conv` (no dilation). relu: whether max(., 0) ends it.
+  Returns:
+    (N, H', W', O).
+  """
+  return _fused_forward(inputs, kernel, bias, residual, strides, padding, relu)[0]
+
+
+def _fused_forward(inputs, kernel, bias, residual, strides, padding, relu):
+  spatial = output_spatial(inputs.shape[1:3], kernel.shape[:2], strides, padding, (1, 1))
+  out_shape = (inputs.shape[0], *spatial, kernel.shape[3])
+  adds = residual is not None
+  operands = (inputs, kernel, bias, residual) if adds else (inputs, kernel, bias)
+  call = lambda out_shape, *operands: _ffi_call(FUSED_TARGETS[adds], out_shape, strides, padding, (1, 1),
+                                                  *operands, aliases={3: 0} if adds else None, relu=bool(relu))
+  outputs = _folding(call, out_shape, operands, (0, 3) if adds else (0,))
+  return outputs, (inputs, kernel, outputs, () if adds else None)
+
+
+def _fused_backward(strides, padding, relu, saved, cotangents):
+  inputs, kernel, outputs, adds = saved
+  if relu:  # relu(z) > 0 exactly where z > 0
+    cotangents = jnp.where(outputs > 0, cotangents, jnp.zeros_like(cotangents))
+  input_gradient = _call("input_gradient", inputs.shape, (cotangents, kernel), strides, padding, (1, 1))
+  kernel_gradient = _call("kernel_gradient", kernel.shape, (inputs, cotangents), strides, padding, (1, 1))
+  return (input_gradient, kernel_gradient, jnp.sum(cotangents, axis=(0, 1, 2)),
+          None if adds is None else cotangents)
+
+
+fused_conv.defvjp(_fused_forward, _fused_backward)

@@ -39,15 +39,23 @@ namespace {
 
 enum class Direction : int64_t { kForward, kBackwardData, kBackwardWeights };
 
+// The epilogue of an inference convolution (FusedForward): a per-channel bias always, then optionally the
+// destination's previous contents added (a residual, oneDNN's sum post-op) and a ReLU (an eltwise post-op).
+struct Epilogue {
+  bool residual = false, relu = false;
+  int64_t Code() const { return 1 + residual + 2 * relu; }  // 0 is "no epilogue" (training's forward)
+};
+
 // The shape of one convolution in oneDNN's logical order: src {N, C, H, W}, weights {O, C, KH, KW},
 // dst {N, O, OH, OW}; oneDNN counts dilation from 0 (XLA's rhs_dilation 1 is oneDNN's 0).
 struct Geometry {
   memory::data_type type;
   memory::dims src, weights, dst, strides, dilates, pad_l, pad_r;
 
-  std::array<int64_t, 24> Key(Direction direction) const {
-    std::array<int64_t, 24> key{static_cast<int64_t>(direction), static_cast<int64_t>(type)};
-    size_t at = 2;
+  std::array<int64_t, 25> Key(Direction direction, const Epilogue* epilogue) const {
+    std::array<int64_t, 25> key{static_cast<int64_t>(direction), static_cast<int64_t>(type),
+                                epilogue ? epilogue->Code() : 0};
+    size_t at = 3;
     for (const memory::dims* part : {&src, &weights, &dst, &strides, &dilates, &pad_l, &pad_r})
       for (int64_t value : *part) key[at++] = value;
     return key;
@@ -55,7 +63,7 @@ struct Geometry {
 };
 
 struct KeyHash {
-  size_t operator()(const std::array<int64_t, 24>& key) const {
+  size_t operator()(const std::array<int64_t, 25>& key) const {
     size_t hash = 0;
     for (int64_t value : key) hash = hash * 1000003u ^ static_cast<size_t>(value);
     return hash;
@@ -101,6 +109,20 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
       g.dilates, g.pad_l, g.pad_r, Attributes());
 }
 
+// The inference convolution with a bias and `epilogue` as post-ops, computed while the output tile is still in
+// registers: the separate elementwise passes over the output that XLA would run otherwise are gone.
+dnnl::convolution_forward::primitive_desc FusedForwardDesc(const Geometry& g, const Epilogue& epilogue) {
+  dnnl::primitive_attr attr = Attributes();
+  dnnl::post_ops post_ops;
+  if (epilogue.residual) post_ops.append_sum(1.0f);
+  if (epilogue.relu) post_ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  attr.set_post_ops(post_ops);
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+      Desc(g.src, g.type, Tag::nhwc), Desc(g.weights, g.type, Tag::any), Desc({g.dst[1]}, g.type, Tag::a),
+      Desc(g.dst, g.type, Tag::nhwc), g.strides, g.dilates, g.pad_l, g.pad_r, attr);
+}
+
 // Both backward primitives take the same arguments, with the forward one as their hint.
 template <typename Primitive>
 typename Primitive::primitive_desc BackwardDesc(const Geometry& g,
@@ -121,19 +143,22 @@ void Describe(Kernel* kernel, const typename Primitive::primitive_desc& pd, dnnl
   kernel->scratchpad = pd.scratchpad_desc();
 }
 
-Kernel MakeKernel(Direction direction, const Geometry& g) {
+Kernel MakeKernel(Direction direction, const Geometry& g, const Epilogue* epilogue) {
   using dnnl::query;
-  const auto forward = ForwardDesc(g);
   Kernel kernel;
   kernel.user_weights = Desc(g.weights, g.type, Tag::hwio);
-  if (direction == Direction::kForward) {
-    Describe<dnnl::convolution_forward>(&kernel, forward, query::src_md, query::weights_md, query::dst_md);
+  if (epilogue) {
+    Describe<dnnl::convolution_forward>(&kernel, FusedForwardDesc(g, *epilogue), query::src_md, query::weights_md,
+                                        query::dst_md);
+  } else if (direction == Direction::kForward) {
+    Describe<dnnl::convolution_forward>(&kernel, ForwardDesc(g), query::src_md, query::weights_md, query::dst_md);
   } else if (direction == Direction::kBackwardData) {
-    Describe<dnnl::convolution_backward_data>(&kernel, BackwardDesc<dnnl::convolution_backward_data>(g, forward),
+    Describe<dnnl::convolution_backward_data>(&kernel,
+                                              BackwardDesc<dnnl::convolution_backward_data>(g, ForwardDesc(g)),
                                               query::diff_src_md, query::weights_md, query::diff_dst_md);
   } else {
     Describe<dnnl::convolution_backward_weights>(
-        &kernel, BackwardDesc<dnnl::convolution_backward_weights>(g, forward), query::src_md,
+        &kernel, BackwardDesc<dnnl::convolution_backward_weights>(g, ForwardDesc(g)), query::src_md,
         query::diff_weights_md, query::diff_dst_md);
   }
   kernel.reorder_weights = kernel.weights != kernel.user_weights;
@@ -147,13 +172,13 @@ Kernel MakeKernel(Direction direction, const Geometry& g) {
   return kernel;
 }
 
-const Kernel& CachedKernel(Direction direction, const Geometry& g) {
+const Kernel& CachedKernel(Direction direction, const Geometry& g, const Epilogue* epilogue = nullptr) {
   static std::mutex mutex;
-  static std::unordered_map<std::array<int64_t, 24>, std::unique_ptr<Kernel>, KeyHash> cache;
-  const auto key = g.Key(direction);
+  static std::unordered_map<std::array<int64_t, 25>, std::unique_ptr<Kernel>, KeyHash> cache;
+  const auto key = g.Key(direction, epilogue);
   std::lock_guard<std::mutex> lock(mutex);
   auto& slot = cache[key];
-  if (!slot) slot = std::make_unique<Kernel>(MakeKernel(direction, g));
+  if (!slot) slot = std::make_unique<Kernel>(MakeKernel(direction, g, epilogue));
   return *slot;
 }
 
@@ -163,10 +188,12 @@ struct Scratch {  // 64-byte aligned bytes owned by one call
   void* data;
 };
 
-// Runs `direction` on XLA's buffers: src/dst NHWC, weights HWIO (written for backward-weights).
-ffi::Error Run(Direction direction, const Geometry& g, void* src, void* weights, void* dst) {
+// Runs `direction` on XLA's buffers: src/dst NHWC, weights HWIO (written for backward-weights); with an
+// `epilogue`, the fused inference forward, `bias` its (O,) bias and dst holding the residual when it adds one.
+ffi::Error Run(Direction direction, const Geometry& g, void* src, void* weights, void* dst,
+               const Epilogue* epilogue = nullptr, void* bias = nullptr) {
   try {
-    const Kernel& kernel = CachedKernel(direction, g);
+    const Kernel& kernel = CachedKernel(direction, g, epilogue);
     if (const int threads = team_size.load()) omp_set_num_threads(threads);  // this calling thread's teams
     dnnl::stream& stream = Stream();
     memory user_weights(kernel.user_weights, Engine(), weights);
@@ -179,8 +206,15 @@ ffi::Error Run(Direction direction, const Geometry& g, void* src, void* weights,
       kernel.weights_reorder.execute(stream, user_weights, own_weights);
     switch (direction) {
       case Direction::kForward:
-        kernel.convolution.execute(stream, {{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_WEIGHTS, own_weights},
-                                            {DNNL_ARG_DST, dst_memory}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+        if (epilogue) {
+          memory bias_memory(Desc({g.dst[1]}, g.type, Tag::a), Engine(), bias);
+          kernel.convolution.execute(stream, {{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_WEIGHTS, own_weights},
+                                              {DNNL_ARG_BIAS, bias_memory}, {DNNL_ARG_DST, dst_memory},
+                                              {DNNL_ARG_SCRATCHPAD, scratchpad}});
+        } else {
+          kernel.convolution.execute(stream, {{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_WEIGHTS, own_weights},
+                                              {DNNL_ARG_DST, dst_memory}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+        }
         break;
       case Direction::kBackwardData:
         kernel.convolution.execute(stream, {{DNNL_ARG_DIFF_SRC, src_memory}, {DNNL_ARG_WEIGHTS, own_weights},
@@ -234,6 +268,26 @@ ffi::Error Forward(ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::ResultBuffer<T> y, f
   return Run(Direction::kForward, g.value(), x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
+// The inference forward with its epilogue: y = conv(x, w) + b (+ y's previous contents, the residual XLA aliased
+// to it, when `Residual`), then ReLU when `relu`.
+template <ffi::DataType T, bool Residual>
+ffi::Error FusedForward(ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::Buffer<T> b, ffi::RemainingArgs residual,
+                        ffi::ResultBuffer<T> y, ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                        ffi::Span<const int64_t> dilation, bool relu) {
+  auto g = MakeGeometry(kOneDnnType<T>, x.dimensions(), w.dimensions(), y->dimensions(), strides, padding, dilation);
+  if (g.has_error()) return g.error();
+  if (b.element_count() != static_cast<size_t>(g.value().dst[1]) || residual.size() != (Residual ? 1 : 0))
+    return ffi::Error::InvalidArgument("cnnjax oneDNN fused convolution: expects an (O,) bias and, to add, a residual");
+  if (Residual) {
+    auto r = residual.get<ffi::Buffer<T>>(0);
+    if (r.has_error() || r.value().untyped_data() != y->untyped_data())
+      return ffi::Error::InvalidArgument("cnnjax oneDNN fused convolution: the residual must be aliased to the output");
+  }
+  const Epilogue epilogue{Residual, relu};
+  return Run(Direction::kForward, g.value(), x.untyped_data(), w.untyped_data(), y->untyped_data(), &epilogue,
+             b.untyped_data());
+}
+
 template <ffi::DataType T>
 ffi::Error BackwardData(ffi::Buffer<T> dy, ffi::Buffer<T> w, ffi::ResultBuffer<T> dx,
                         ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
@@ -274,6 +328,27 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_data_bf16, BackwardDat
                               CNNJAX_CONV_BINDING(ffi::BF16));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_backward_weights_bf16, BackwardWeights<ffi::BF16>,
                               CNNJAX_CONV_BINDING(ffi::BF16));
+
+#define CNNJAX_FUSED_BINDING(T)                                                                      \
+  ffi::Ffi::Bind()                                                                                    \
+      .Arg<ffi::Buffer<T>>()                                                                          \
+      .Arg<ffi::Buffer<T>>()                                                                          \
+      .Arg<ffi::Buffer<T>>()                                                                          \
+      .RemainingArgs()                                                                                \
+      .Ret<ffi::Buffer<T>>()                                                                          \
+      .Attr<ffi::Span<const int64_t>>("strides")                                                      \
+      .Attr<ffi::Span<const int64_t>>("padding")                                                      \
+      .Attr<ffi::Span<const int64_t>>("dilation")                                                     \
+      .Attr<bool>("relu")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_fused, (FusedForward<ffi::F32, false>),
+                              CNNJAX_FUSED_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_fused_add, (FusedForward<ffi::F32, true>),
+                              CNNJAX_FUSED_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_fused_bf16, (FusedForward<ffi::BF16, false>),
+                              CNNJAX_FUSED_BINDING(ffi::BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnnjax_onednn_conv_fused_add_bf16, (FusedForward<ffi::BF16, true>),
+                              CNNJAX_FUSED_BINDING(ffi::BF16));
 
 // Sets the OpenMP team of every later call (the last call wins).
 extern "C" void cnnjax_onednn_set_num_threads(int threads) { team_size.store(threads); }
