@@ -10,7 +10,7 @@ from configs import catdog_cnn, catdog_cnn_tuned
 
 # The fields the recipe sets; every other field must stay the tutorial's.
 RECIPE_FIELDS = {"num_epochs", "batch_size", "preprocess", "optimizer", "learning_rate", "schedule", "weight_decay",
-                 "weight_decay_params", "label_smoothing", "mixup_alpha", "augment",
+                 "weight_decay_params", "label_smoothing", "mixup_alpha", "test_time_flip", "augment",
                  "early_stopping"}
 # configs/catdog_cnn.py's ImageDataGenerator: shear 0.2 rad (in degrees), zoom 0.2, horizontal flips.
 SEED_AUGMENTATION = {"shear": 11.46, "zoom": 0.2, "horizontal_flip": True}

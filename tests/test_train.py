@@ -163,6 +163,31 @@ def test_mixup_step_mixes_only_what_differs():
   assert abs(loss(distinct, 0.4) - loss(distinct, 0.0)) > 1e-3
 
 
+def test_test_time_flip_scores_the_mean_softmax_of_each_image_and_its_mirror():
+  model = models.create("simple_cnn_bn", num_classes=10, dropout=0.0)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  rng = np.random.default_rng(2)
+  batch = {"images": rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8),
+           "labels": rng.integers(0, 10, (6,)).astype(np.int32), "mask": np.array([1, 1, 1, 1, 1, 0], np.float32)}
+
+  def sums(batch, flip):
+    step = functools.partial(step_lib.eval_step, model=model, num_classes=10, preprocess={"mode": "rescale"},
+                             test_time_flip=flip)
+    return jax.jit(step)(variables, batch)
+
+  logits = lambda images: model.apply(variables, jnp.asarray(images, jnp.float32) / 255.0)
+  mean = (jax.nn.softmax(logits(batch["images"])) + jax.nn.softmax(logits(batch["images"][:, :, ::-1]))) / 2
+  picked = np.asarray(mean)[np.arange(6), batch["labels"]]
+  flipped = sums(batch, True)
+  np.testing.assert_allclose(float(flipped["loss"]), -np.sum(np.log(picked) * batch["mask"]), rtol=1e-5)
+  assert float(flipped["correct"]) == np.sum((np.argmax(mean, -1) == batch["labels"]) * batch["mask"])
+  assert float(flipped["loss"]) != pytest.approx(float(sums(batch, False)["loss"]), rel=1e-4)
+  # Images that are their own mirror score as without the flip.
+  symmetric = {**batch, "images": np.concatenate([batch["images"][:, :, :8], batch["images"][:, :, :8][:, :, ::-1]],
+                                                 axis=2)}
+  np.testing.assert_allclose(float(sums(symmetric, True)["loss"]), float(sums(symmetric, False)["loss"]), rtol=1e-5)
+
+
 # --- whole runs ---------------------------------------------------------------------------------------------
 
 def params_of(workdir):
@@ -354,6 +379,9 @@ def test_mock_tfds_cifar10(tmp_path):
     ({"validation_split": 1.0}, r"validation_split must be in \[0, 1\)"),
     ({"num_epochs": "ten"}, "num_epochs should be a int"),
     ({"mixup_alpha": -0.2}, r"mixup_alpha must be >= 0"),
+    ({"test_time_flip": "yes"}, "test_time_flip should be a bool"),
+    ({"test_time_flip": True, "bottleneck": {"layer": "x", "hidden": (), "dropout": ()}},
+     "test_time_flip mirrors images"),
 ])
 def test_bad_configs_fail_in_one_line_before_compiling(image_folder, tmp_path, overrides, message):
   # Built from a plain dict, as a config file may do, so ConfigDict's own type locking does not apply.

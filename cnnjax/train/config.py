@@ -83,6 +83,9 @@ def _optimisation_fields(config: ml_collections.ConfigDict) -> None:
   config.grad_clip_norm = 0.0  # 0 = no clipping
   config.label_smoothing = 0.0
   config.mixup_alpha = 0.0  # mixup's Beta(alpha, alpha) (Zhang et al. 2018; 0.2-0.4 typical); 0 = off
+  # Evaluation (per-epoch validation and the final eval) also scores each image's mirror image and averages the two
+  # softmaxes: test-time augmentation with the flip training already uses. The weights are the same either way.
+  config.test_time_flip = False
   config.schedule = "constant"  # constant | piecewise | inverse_time | warmup_cosine | onecycle
   config.lr_drops = ()  # piecewise: ((epoch, lr), ...) meaning "lr from the epoch after `epoch` on"
   config.decay = config_dict.placeholder(float)  # inverse_time; None = learning_rate / num_epochs
@@ -241,6 +244,9 @@ def _check_run_settings(config: ml_collections.ConfigDict) -> None:
     _fail(f"config.freeze={config.freeze!r} is not a valid regular expression ({error})")
   if config.phases and config.bottleneck.layer:
     _fail("config.phases and config.bottleneck.layer cannot be combined; use one or the other")
+  if config.get("test_time_flip", False) and config.bottleneck.layer:
+    _fail("config.test_time_flip mirrors images, but a bottleneck run (config.bottleneck.layer) evaluates features; "
+          "set --config.test_time_flip=False")
   if len(config.bottleneck.hidden) != len(config.bottleneck.dropout):
     _fail(f"config.bottleneck.hidden {tuple(config.bottleneck.hidden)} and .dropout "
           f"{tuple(config.bottleneck.dropout)} need one rate per hidden layer")

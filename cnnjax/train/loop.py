@@ -124,7 +124,7 @@ def jitted_steps(config, task: experiment.Task, replicated, batch_sharding):
       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(
       functools.partial(step_lib.eval_step, model=task.model, num_classes=config.num_classes,
-                        preprocess=task.preprocess),
+                        preprocess=task.preprocess, test_time_flip=config.get("test_time_flip", False)),
       in_shardings=(replicated, batch_sharding), out_shardings=replicated)
   return train_step, eval_step
 

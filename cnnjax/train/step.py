@@ -127,10 +127,18 @@ def train_step(state: TrainState, batch, *, model: nn.Module, num_classes: int, 
   return new_state, metrics
 
 
-def eval_step(variables, batch, *, model: nn.Module, num_classes: int, preprocess: Optional[dict]):
-  """Sums over the real (mask == 1) images of a batch: loss, correct count, count and confusion matrix."""
+def eval_step(variables, batch, *, model: nn.Module, num_classes: int, preprocess: Optional[dict],
+              test_time_flip: bool = False):
+  """Sums over the real (mask == 1) images of a batch: loss, correct count, count and confusion matrix.
+
+  With `test_time_flip` each image is scored by the mean of its softmax and its mirror image's (left-right), and the
+  loss is the cross-entropy of that mean (test-time augmentation; Krizhevsky et al. 2012 average ten crops and
+  their mirrors)."""
   images = prepare_images(batch["images"], preprocess)
   logits = model.apply(variables, images, train=False)
+  if test_time_flip:
+    mirrored = model.apply(variables, images[:, :, ::-1], train=False)
+    logits = jnp.log((jax.nn.softmax(logits) + jax.nn.softmax(mirrored)) / 2)  # log-probabilities: their softmax
   mask = batch["mask"]
   predictions = jnp.argmax(logits, -1)
   confusion = jnp.zeros((num_classes, num_classes), jnp.float32).at[batch["labels"], predictions].add(mask)
