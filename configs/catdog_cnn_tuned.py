@@ -18,10 +18,11 @@ seed's shear 0.2 / zoom 0.2 / horizontal flip, small rotations and shifts (Choll
 5.2, augments the same photos so), since many passes over 1,600 photos would otherwise memorise them; mixup
 (Zhang et al., "mixup", 2018, alpha 0.2) trains on convex mixes of image pairs and their labels, which kept the
 held-out accuracy climbing over 150 epochs where plain training stopped at 0.810-0.818 (README: 60 epochs ended at
-0.810 on seed 1's photos, 100 at 0.818, 100 with mixup at 0.8175, 150 with mixup at 0.835). Evaluation scores each photo and
-its mirror image (the flip training already uses) by their mean softmax: test-time augmentation, as AlexNet
-averaged its crops and their reflections (Krizhevsky et al. 2012); chosen after the 150-epoch runs on seeds 0 and 1
-(0.8075 and 0.835 without it, 0.8275 and 0.845 with it), before seed 2's result. The trained weights are the same.
+0.810 on seed 1's photos, 100 at 0.818, 100 with mixup at 0.8175, 150 with mixup at 0.835). Evaluation scores
+each photo and its mirror image (the flip training already uses) by their mean softmax: test-time augmentation, as
+AlexNet averaged its crops and their reflections (Krizhevsky et al. 2012); chosen after the 150-epoch runs on seeds
+0 and 1 (0.8075 and 0.835 without it, 0.8275 and 0.845 with it), before seed 2's result. The trained weights are
+the same.
 
 A first recipe (peak 2e-3, batch 32, inputs rescaled to [0, 1], rotations of 15 degrees, 30 epochs) still
 trained at 0.60 accuracy after 12 epochs, 9 of them warm-up: the model has no BatchNorm, so the inputs are
