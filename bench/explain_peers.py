@@ -200,6 +200,7 @@ def main():
   parser.add_argument("--models", default="resnet20,resnet50", help="which sections run (--quick: resnet20 only)")
   parser.add_argument("--methods", help="comma-separated rows to run (the start of their names; 'gradcam' for "
                       "resnet20's (B, 10) row); default all")
+  parser.add_argument("--out", help="result files' stem (default: bench/results/<date>-explain-peers and the rows run)")
   args = parser.parse_args()
   args.methods = args.methods.split(",") if args.methods else None
   torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -216,6 +217,7 @@ def main():
                              f"{'-' + '-'.join(args.methods) if args.methods else ''}"
                              f"{'' if 'resnet20' in models else f'-resnet50-b{args.resnet50_batch}'}"
                              f"{'-per-image' if args.peer_per_image else ''}")
+  stem = Path(args.out) if args.out else stem
   environment = {**common.environment(), "onednn": onednn.version()}  # None: XLA's kernels alone
   stem.with_suffix(".json").write_text(json.dumps({"environment": environment, "rows": rows}, indent=1,
                                                   default=float))

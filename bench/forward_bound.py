@@ -1,6 +1,6 @@
 """How far a forward-only explainer can lead its PyTorch peer on this CPU: the arithmetic bound, in one run.
 
-  python bench/forward_bound.py [--repeats 3]
+  python bench/forward_bound.py [--repeats 3] [--out STEM]
 
 Occlusion (captum's Occlusion) and Score-CAM (pytorch-grad-cam's ScoreCAM) are thousands of plain forward passes
 of the same model in both frameworks: on resnet20 at batch 32 with a 4x4 window and stride 2, 225 window positions
@@ -65,6 +65,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--target", type=float, default=1.0, help="seconds per timed repeat")
+  parser.add_argument("--out", help="result files' stem (default: bench/results/<date>-forward-bound)")
   args = parser.parse_args()
   torch.set_num_threads(max(1, torch.get_num_threads()))
   onednn.available()
@@ -137,7 +138,7 @@ def main():
   ]
   columns = ["what", "value", "unit", "share of peak"]
   common.print_report(rows, columns)
-  stem = HERE / "results" / f"{datetime.date.today().isoformat()}-forward-bound"
+  stem = Path(args.out) if args.out else HERE / "results" / f"{datetime.date.today().isoformat()}-forward-bound"
   environment = {**common.environment(), "onednn": onednn.version(), "occlusion chunk": chunk}
   stem.with_suffix(".json").write_text(json.dumps({"environment": environment, "rows": rows, "timed": timed},
                                                   indent=1, default=float))
