@@ -1,7 +1,9 @@
 // oneDNN 2-D convolutions (forward, backward-data, backward-weights) as XLA:CPU custom calls through the typed
 // XLA FFI. Layouts are JAX's: activations NHWC, kernels HWIO; float32, and bfloat16 (every operand, oneDNN
-// accumulating in float32) under the same names with a _bf16 suffix. The geometry (strides, explicit padding,
-// kernel dilation) arrives as FFI attributes; cnnjax/models/onednn/__init__.py builds, loads and calls this.
+// accumulating in float32) under the same names with a _bf16 suffix; and the inference forward with a bias, an
+// optional residual (aliased to the output) and an optional ReLU as post-ops (cnnjax_onednn_conv_fused[_add]).
+// The geometry (strides, explicit padding, kernel dilation) arrives as FFI attributes;
+// cnnjax/models/onednn/__init__.py builds, loads and calls this.
 //
 // oneDNN (https://uxlfoundation.github.io/oneDNN/dev_guide_convolution.html) picks the kernel for a shape when a
 // primitive is created, which costs far more than running it, so primitives are made once per (direction,
