@@ -5,8 +5,9 @@ convolution shapes where XLA:CPU's own (Eigen) kernels are slower (bench/RESULTS
 backward-weights (kernel gradient), NHWC / HWIO, float32 and (names + `_bf16`) bfloat16, strides, explicit
 padding and kernel dilation as attributes — and `conv` here is a `jax.custom_vjp` whose forward and backward
 call them. Two more handlers are the inference forward with a bias, an added residual and a ReLU as oneDNN
-post-ops (`fused_conv`, which `cnnjax.models.fusion` calls for the explainers' forward-only passes). `xla_cpu.conv` chooses it where a program is lowered for CPU (`CNNJAX_KERNELS=onednn`, or `auto` for
-the shapes in its measured table).
+post-ops (`fused_conv`, which `cnnjax.models.fusion` calls for the explainers' forward-only passes).
+`xla_cpu.conv` chooses `conv` where a program is lowered for CPU (`CNNJAX_KERNELS=onednn`, or `auto` for the
+shapes in its measured table).
 
 The library is optional. `build()` (or `python -m cnnjax.models.onednn build`) compiles conv.cc with the C++
 compiler ($CXX, else g++) against the pinned oneDNN CPU build (`onednn-cpu-gomp` + `onednn-devel-cpu-gomp`) and
