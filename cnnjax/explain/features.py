@@ -28,8 +28,8 @@ def apply_logits(model, variables, images):
 def forward_logits(model, variables, images):
   """`apply_logits` for the passes explainers never differentiate (the perturbed copies of occlusion, RISE, the
   ablations, KernelSHAP, Score-CAM and the metrics): traced under `fusion.inference_fusion`, so that on CPU with
-  oneDNN each convolution + BatchNorm + add + ReLU chain is one call (1.3-1.4x resnet20's forward,
-  bench/forward_bound.py); the same values to float rounding."""
+  oneDNN each convolution + BatchNorm + add + ReLU chain is one call (1.19x resnet20's forward, no gain on
+  ResNet50: bench/forward_bound.py); the same values to float rounding."""
   with fusion.inference_fusion():
     return apply_logits(model, variables, images)
 

@@ -3,7 +3,7 @@ call, for the forward-only passes of the perturbation explainers.
 
 In inference a ResNet block is convolution -> BatchNorm -> (add) -> ReLU. XLA:CPU computes the convolution in a
 kernel (its own or oneDNN's custom call) and the rest as one elementwise pass that reads the convolution's output
-back from memory and writes another; on resnet20 those passes take a quarter of the forward.
+back from memory and writes another; on resnet20 its convolutions alone take three quarters of the forward.
 oneDNN applies a bias, a residual and a ReLU to each output tile while it is still in registers (post-ops), and
 BatchNorm's moving statistics fold into the convolution's kernel and bias (w * g, (b - mean) * g + beta with
 g = scale / sqrt(var + eps), Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient

@@ -220,12 +220,11 @@ ONEDNN_WINS = {
 
 
 def onednn_computes(inputs, kernel, pairs) -> bool:
-  """Whether a float32 or bfloat16 ungrouped convolution traced now may run as oneDNN's fused inference call
+  """Whether an ungrouped convolution traced now may run as oneDNN's fused inference call
   (`cnnjax.models.fusion`): the 'auto' or 'onednn' path, a geometry oneDNN supports, the library loaded."""
   path = _path_for("onednn")
   return (path in ("auto", "onednn") and onednn.supports(inputs, kernel, pairs)
-          and onednn.available(explicitly_asked=path == "onednn")
-          and (inputs.dtype != jnp.bfloat16 or onednn.native_bfloat16()))
+          and onednn.available(explicitly_asked=path == "onednn"))
 
 
 def _onednn_ops(inputs, kernel, strides: Sequence[int], pairs, feature_group_count: int) -> Tuple[str, ...]:
