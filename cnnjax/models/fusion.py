@@ -43,6 +43,11 @@ class _Chain:
   residual: Optional[jax.Array] = None
   relu: bool = False
 
+  @property
+  def bare(self) -> bool:
+    """Whether nothing follows the convolution's bias yet, so BatchNorm may fold in or a residual join."""
+    return self.residual is None and not self.relu
+
 
 class _Chains:
   """The outputs produced by fused calls in the trace now, by identity, with the chain that made them."""
@@ -104,13 +109,13 @@ def _interceptor(chains: _Chains):
     elif (isinstance(module, nn.BatchNorm) and len(args) == 1
           and kwargs.get("use_running_average", module.use_running_average) and module.axis == -1):
       joined = chains.get(args[0])
-      if joined is not None and joined.residual is None and not joined.relu:
+      if joined is not None and joined.bare:
         chain = _with_batch_norm(joined, module)
     elif isinstance(module, layers.Add) and len(args) == 2:
       for this, other in ((args[1], args[0]), (args[0], args[1])):
         joined = chains.get(this)
-        if (joined is not None and joined.residual is None and not joined.relu and other is not this
-            and other.shape == unfused.shape and other.dtype == unfused.dtype):
+        if (joined is not None and joined.bare and other is not this and other.shape == unfused.shape
+            and other.dtype == unfused.dtype):
           chain = dataclasses.replace(joined, residual=other)
           break
     elif isinstance(module, layers.Activation) and module.kind == "relu" and len(args) == 1:
