@@ -152,21 +152,48 @@ def test_ablationcam_fills_a_layer_with_negative_values_far_below_its_minimum():
     assert np.abs(maps[b] - zeroed).max() > 0.05  # a zero fill, wrong here, would show
 
 
-def test_scorecam_matches_its_definition_computed_with_numpy():
-  model, variables, images = _setup(CamNet(strides=(2, 2)), _images(2))
-  targets = np.array([0, 2])
+def _scorecam_by_definition(model, variables, images, targets):
+  """Score-CAM of CamNet(strides=(2, 2)) on 8x8 images, every channel scored, in numpy."""
   features = _features(model, variables, images)
-  assert features.shape[1:] == (4, 4, 5)
   apply = jax.jit(model.apply)
-  maps = np.asarray(cam.scorecam(model, variables, images, targets, layer="features"))
+  maps = []
   for b, target in enumerate(targets):
-    masks = np.stack([_bilinear_aligned(features[b, ..., c], (8, 8)) for c in range(5)])
+    masks = np.stack([_bilinear_aligned(features[b, ..., c], (8, 8)) for c in range(features.shape[-1])])
     low, high = masks.min(axis=(1, 2), keepdims=True), masks.max(axis=(1, 2), keepdims=True)
     masks = (masks - low) / (high - low + 1e-8)
     scores = np.asarray(apply(variables, np.asarray(images[b])[None] * masks[..., None]), np.float64)[:, target]
     weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
     raw = np.maximum(np.einsum("hwc,c->hw", features[b], weights), 0)
-    np.testing.assert_allclose(maps[b], _normalised(_bilinear_half_pixel(raw, (8, 8))), rtol=1e-4, atol=1e-5)
+    maps.append(_normalised(_bilinear_half_pixel(raw, (8, 8))))
+  return np.stack(maps)
+
+
+def test_scorecam_matches_its_definition_computed_with_numpy():
+  model, variables, images = _setup(CamNet(strides=(2, 2)), _images(2))
+  targets = np.array([0, 2])
+  assert _features(model, variables, images).shape[1:] == (4, 4, 5)
+  np.testing.assert_allclose(cam.scorecam(model, variables, images, targets, layer="features"),
+                             _scorecam_by_definition(model, variables, images, targets), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, None])
+def test_scorecam_channels_zero_everywhere_score_the_zero_image(chunk_size):
+  # Channel 1 is zero on both images, channel 3 only on the first (all of whose pixels are negative): the
+  # explainer scores such channels by one shared forward pass of the zero image and skips the chunks past every
+  # image's live channels (chunk_size 1: rank 4 of 0..4; 2: the remainder), which must not change the maps.
+  images = _images(2).at[0].set(-jnp.abs(_images(2)[0]))
+  model, variables, images = _setup(CamNet(strides=(2, 2)), images)
+  conv = variables["params"]["features"]
+  kernel = conv["kernel"].at[..., 1].set(0.0).at[..., 3].set(0.0).at[1, 1, 0, 3].set(1.0)
+  variables = {"params": {**variables["params"], "features": {"kernel": kernel,
+                                                               "bias": conv["bias"].at[1].set(0.0).at[3].set(0.0)}}}
+  features = _features(model, variables, images)
+  assert np.all(features[:, ..., 1] == 0) and np.all(features[0, ..., 3] == 0) and np.any(features[1, ..., 3] > 0)
+  live = features.max(axis=(1, 2)) > 0
+  assert live.sum(axis=1).tolist() == [2, 4]  # the first image's channel 2 is dead as well
+  targets = np.array([1, 2])
+  np.testing.assert_allclose(cam.scorecam(model, variables, images, targets, layer="features", chunk_size=chunk_size),
+                             _scorecam_by_definition(model, variables, images, targets), rtol=1e-4, atol=1e-5)
 
 
 def test_eigen_projection_of_a_rank_one_layer_follows_the_stated_sign():

@@ -208,19 +208,37 @@ def _channel_scores(score_channels, channels: int, chunk: int, batch: int, count
 
 def _scorecam_weights(model, variables, images, targets, activations, chunk):
   """(B, K, c) Score-CAM weights of one layer's (B, h, w, c) activations: the softmax over channels of the
-  target scores of the images masked by each channel, `chunk` channels per model call."""
-  def masked_scores(indices):
+  target scores of the images masked by each channel, `chunk` channels per model call.
+
+  A channel that is zero everywhere (common after a ReLU) masks its image to all zeros, so every such channel
+  scores the zero image: one forward pass serves them all, and the chunks take each image's live channels first
+  and stop once every image's are scored. The weights are the same as scoring every channel (exactly: a skipped
+  chunk would have scored the same zero image), at the cost of the live channels only."""
+  batch, channels = images.shape[0], activations.shape[-1]
+  live = jnp.any(activations != 0, axis=(1, 2))
+  by_rank = jnp.argsort(~live, axis=-1, stable=True)  # (B, c): each image's live channels first
+  live_ranks = jnp.max(jnp.sum(live, axis=-1))
+  zero_logits = features.forward_logits(model, variables, jnp.zeros((1, *images.shape[1:]), images.dtype))
+  zero_scores = targets.scores(jnp.broadcast_to(zero_logits, (batch, zero_logits.shape[-1])))
+
+  def masked_scores(ranks):
     # (n, B, H, W) masks: each channel upsampled to the input and min-max scaled, as pytorch-grad-cam's.
-    masks = upsample_align_corners(jnp.moveaxis(activations[..., indices], -1, 0), images.shape[1:3])
+    ranked = jnp.take_along_axis(activations, by_rank[:, None, None, ranks], axis=-1)
+    masks = upsample_align_corners(jnp.moveaxis(ranked, -1, 0), images.shape[1:3])
     low = jnp.min(masks, axis=(-2, -1), keepdims=True)
     high = jnp.max(masks, axis=(-2, -1), keepdims=True)
     masks = (masks - low) / (high - low + _SCORE_MASK_EPSILON)
     masked = (images[None] * masks[..., None].astype(images.dtype)).reshape(-1, *images.shape[1:])
     logits = features.forward_logits(model, variables, masked)
-    return targets.tile(len(indices)).scores(logits).reshape(len(indices), images.shape[0], targets.count)
+    return targets.tile(len(ranks)).scores(logits).reshape(len(ranks), batch, targets.count)
 
-  scores = _channel_scores(masked_scores, activations.shape[-1], chunk, images.shape[0], targets.count)
-  return jax.nn.softmax(scores, axis=-1)
+  def scores_by_rank(ranks):
+    return jax.lax.cond(ranks[0] < live_ranks, masked_scores,
+                        lambda ranks: jnp.broadcast_to(zero_scores, (len(ranks), batch, targets.count)), ranks)
+
+  ranked_scores = _channel_scores(scores_by_rank, channels, chunk, batch, targets.count)
+  rank_of_channel = jnp.argsort(by_rank, axis=-1)
+  return jax.nn.softmax(jnp.take_along_axis(ranked_scores, rank_of_channel[:, None, :], axis=-1), axis=-1)
 
 
 def score_layer_maps(model, variables, images, targets, layers, chunks):
