@@ -96,11 +96,11 @@ def _version(package: str) -> str:
 
 def environment() -> dict:
   """Machine, versions, date and load: what RESULTS.md records beside every figure."""
-  try:
-    model = next(line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines() if line.startswith("Model name"))
-  except StopIteration:
-    model = platform.processor() or platform.machine()
+  fields = dict(line.split(":", 1) for line in subprocess.run(
+      ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines() if ":" in line)
+  model = fields.get("Model name", platform.processor() or platform.machine()).strip()
+  if "CPU family" in fields:  # a VM's "AMD EPYC" says nothing of the generation (family 25: Zen 4, 26: Zen 5)
+    model += f" (family {fields['CPU family'].strip()}, model {fields.get('Model', '?').strip()})"
   return {
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "cpu": model, "cores": os.cpu_count(), "load_average": os.getloadavg(),

@@ -54,7 +54,8 @@ def _grad_cam(kind, torch_model, layer_path, x, targets, **options):
   from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # pylint: disable=import-outside-toplevel
   method = getattr(pytorch_grad_cam, kind)(model=torch_model, target_layers=[torch_model.get_submodule(layer_path)],
                                            **options)
-  if hasattr(method, "batch_size"):
+  if kind in ("ScoreCAM", "AblationCAM"):
+    # AblationCAM takes batch_size; ScoreCAM reads the attribute only where it was set (else 16 masks per call).
     method.batch_size = PEER_BATCH
   cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
   return lambda: method(input_tensor=x, targets=cam_targets)

@@ -430,7 +430,8 @@ def scorecam(model, variables, images, targets, *, layer: LayerArg = None,
              chunk_size: Optional[int] = None) -> jax.Array:
   """Score-CAM (Wang et al. 2020): channels weighted by the softmax over channels of the target's score on the
   image masked by each channel (upsampled with aligned corners and min-max scaled), as pytorch-grad-cam's
-  ScoreCAM. Costs one forward pass per channel and image; K targets share them.
+  ScoreCAM. Costs one forward pass per channel and image, except for channels that are zero everywhere (all
+  of them score the zero image, one pass); K targets share them.
 
   chunk_size: channels per model call, each masking the whole batch (chunk_size x B images per call); default
   as many as fit sampling.CHUNK_BYTES (2 GiB) of activations."""
