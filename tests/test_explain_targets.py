@@ -83,6 +83,14 @@ def test_a_softmax_probability_target_has_the_finite_difference_gradient():
     assert abs(numeric - gradient[index]) < 1e-3 + 0.02 * abs(numeric), (index, numeric, gradient[index])
 
 
+def test_an_int_target_is_checked_inside_a_callers_jit():
+  model, variables, images = _setup()
+  inside = jax.jit(lambda v, x: explain.saliency(model, v, x, 3))(variables, images)
+  np.testing.assert_allclose(inside, explain.saliency(model, variables, images, jnp.array([3, 3, 3])), rtol=1e-6)
+  with pytest.raises(ValueError, match="out of range"):
+    jax.jit(lambda v, x: explain.saliency(model, v, x, 5))(variables, images)
+
+
 def test_bad_targets_are_refused_in_one_line():
   model, variables, images = _setup()
   for bad, fragment in (([[0, 1]], "shape (3, K)"), (jnp.zeros((3, 2, 1), jnp.int32), "one class per image"),

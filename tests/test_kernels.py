@@ -198,7 +198,8 @@ def test_a_program_for_cpu_and_cuda_runs_on_cpu():
 def test_kernels_forces_a_path_for_functions_traced_inside_it():
   variables, images, functions = _functions("simple_cnn")
   gradient = functions["gradient"]
-  lowered = lambda: jax.jit(lambda *args: gradient(*args)).lower(variables, images).as_text()
+  jitted = jax.jit(lambda *args: gradient(*args))  # one function: jit's caches are keyed by the choice too
+  lowered = lambda: jitted.lower(variables, images).as_text()
   with xla_cpu.kernels("portable"):
     portable = lowered()
     with xla_cpu.kernels(disable=("materialized",)):  # keeps the enclosing path

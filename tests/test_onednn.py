@@ -409,8 +409,22 @@ def test_occlusion_and_scorecam_give_the_portable_paths_maps_with_the_fused_forw
   for method, function in run.items():
     with xla_cpu.kernels("portable"):
       want = jax.jit(function)(variables, images)
-    jax.clear_caches()  # the explainers' own jit keeps a trace by its arguments, whatever the path
     with xla_cpu.kernels("onednn"):
       compiled = jax.jit(function).lower(variables, images).compile()
     assert "cnnjax_onednn_conv_fused" in compiled.as_text(), method
     test_kernels._assert_close(compiled(variables, images), want, tolerance=2e-4)
+
+
+def test_cost_counts_the_flops_inside_onednn_calls():
+  from cnnjax import explain
+  model = models.create("resnet20", num_classes=10)
+  shape = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  variables = test_kernels._random_like(
+      jax.eval_shape(lambda images: model.init(jax.random.key(0), images), shape), seed=0)
+  images = jnp.asarray(np.random.default_rng(1).standard_normal(shape.shape), jnp.float32)
+  with xla_cpu.kernels("onednn"):
+    occlusion = jax.jit(lambda v, x: explain.occlusion(model, v, x, 3, window=(8, 8), strides=(8, 8)))
+    assert "cnnjax_onednn_conv" in occlusion.lower(variables, images).compile().as_text()
+    # One forward of the image and one per window position (4 x 4), whatever kernels compute them.
+    forwards = explain.cost(explain.occlusion, model, variables, images, 3, window=(8, 8), strides=(8, 8))["forwards"]
+  assert 17 <= forwards < 17.5

@@ -7,6 +7,7 @@ import jax
 
 from cnnjax.explain import features
 from cnnjax.explain import targets as targets_lib
+from cnnjax.models import xla_cpu
 
 
 def _flops(compiled) -> Optional[float]:
@@ -34,8 +35,9 @@ def cost(explainer: Callable, model, variables, images, targets, **options) -> D
   Args:
     explainer: any cnnjax explainer (e.g. cnnjax.explain.gradcam); options: its keyword arguments.
   Returns:
-    {"flops": FLOPs of the compiled call, "bytes": its arguments + outputs + temporaries, "forwards": flops over
-    those of one plain inference forward pass of the same batch}; None where the backend gives no figure.
+    {"flops": FLOPs of the call (counted along the portable path: XLA sees no FLOPs inside oneDNN's calls),
+    "bytes": the compiled call's arguments + outputs + temporaries, "forwards": flops over those of one plain
+    inference forward pass of the same batch}; None where the backend gives no figure.
     Grad-CAM reads about 1 forward, saliency about 2-3 (a forward and a backward through the whole network).
     XLA counts a loop's body once: chunks that run in a loop (more than 32 on CPU, any on GPU/TPU) are undercounted;
     pass `chunk_size` covering every sample to read the full figure.
@@ -43,8 +45,11 @@ def cost(explainer: Callable, model, variables, images, targets, **options) -> D
   images = features.check_images(images)
   targets = targets_lib.check_targets(model, images, targets)
   call = jax.jit(lambda variables, images, targets: explainer(model, variables, images, targets, **options))
-  compiled = call.lower(variables, images, targets).compile()
-  forward = jax.jit(functools.partial(features.apply_logits, model)).lower(variables, images).compile()
-  flops, forward_flops = _flops(compiled), _flops(forward)
-  return {"flops": flops, "bytes": _bytes(compiled),
+  memory = _bytes(call.lower(variables, images, targets).compile())
+  # XLA counts no FLOPs inside a custom call (oneDNN's convolutions on CPU), so the FLOPs are those of the same
+  # computation along the portable path, where XLA sees every convolution.
+  with xla_cpu.kernels("portable"):
+    flops = _flops(call.lower(variables, images, targets).compile())
+    forward_flops = _flops(jax.jit(functools.partial(features.apply_logits, model)).lower(variables, images).compile())
+  return {"flops": flops, "bytes": memory,
           "forwards": flops / forward_flops if flops is not None and forward_flops else None}

@@ -66,7 +66,7 @@ def check_targets(model, images, targets) -> Targets:
   traced = isinstance(targets, jax.core.Tracer)
   targets = targets if traced else np.asarray(targets)
   if targets.ndim == 0:
-    targets = jnp.broadcast_to(targets, (batch,))
+    targets = (jnp if traced else np).broadcast_to(targets, (batch,))  # numpy: checkable inside a caller's jit
   if targets.ndim not in (1, 2) or targets.shape[0] != batch or (targets.ndim == 2 and targets.shape[1] < 1):
     raise ValueError(f"targets must be one class per image, shape ({batch},), K classes per image, shape ({batch}, "
                      f"K), or a function of the logits returning ({batch},) scores; got shape "

@@ -38,7 +38,6 @@ platform), 'xla_cpu' (the work-arounds on every platform), 'portable' (plain lax
 (bench/ablations.py; 'onednn' too). Both are read while a function is traced.
 """
 import contextlib
-import contextvars
 import functools
 import os
 from typing import Optional, Sequence, Tuple, Union
@@ -56,9 +55,11 @@ ENVIRONMENT_VARIABLE = "CNNJAX_KERNELS"
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
 
-_path = contextvars.ContextVar("cnnjax_kernels_path", default=None)  # None: CNNJAX_KERNELS decides
-_disabled = contextvars.ContextVar("cnnjax_kernels_disabled", default=frozenset())
-_fusing = contextvars.ContextVar("cnnjax_inference_fusion", default=False)  # see `fusing`
+# JAX user contexts, not plain context variables: their values are part of every jax.jit cache key, so a
+# function (an explainer's inner jit included) traced under one choice is traced anew under another.
+_path = jax.make_user_context(None)  # None: CNNJAX_KERNELS decides
+_disabled = jax.make_user_context(frozenset())
+_fusing = jax.make_user_context(False)  # see `fusing`
 
 
 def _checked_path(path: str, source: str) -> str:
@@ -80,8 +81,8 @@ def kernels(path: Optional[str] = None, *, disable: Sequence[str] = ()):
     disable: a name, or names, from WORKAROUNDS whose operations take the portable version even where the
       work-around would apply (on a convolution `conv_as_matmul` leaves the way to `strided_conv`).
 
-  The choice acts while a function is traced: `jax.jit` caches a traced function by its arguments, not by this
-  choice, so a function traced before keeps its program; trace (first call, lower or export) inside the context.
+  The choice acts while a function is traced, and is part of `jax.jit`'s cache key: a function jitted under one
+  choice is traced and compiled anew under another.
   """
   if path is not None:
     _checked_path(path, "xla_cpu.kernels: path")
@@ -90,31 +91,23 @@ def kernels(path: Optional[str] = None, *, disable: Sequence[str] = ()):
   if unknown:
     raise ValueError(f"xla_cpu.kernels: unknown work-around {unknown[0]!r} in disable; choose from "
                      f"{', '.join(WORKAROUNDS)}")
-  path_token = _path.set(_path.get() if path is None else path)
-  disabled_token = _disabled.set(_disabled.get() | frozenset(disable))
-  try:
+  with _path(_path.value if path is None else path), _disabled(_disabled.value | frozenset(disable)):
     yield
-  finally:
-    _disabled.reset(disabled_token)
-    _path.reset(path_token)
 
 
 @contextlib.contextmanager
 def fusing():
   """Marks functions traced within as `cnnjax.models.fusion.inference_fusion`'s, whose fused oneDNN calls write
   each block's output in one buffer already: `materialize` then adds no divide (a pass of its own there)."""
-  token = _fusing.set(True)
-  try:
+  with _fusing(True):
     yield
-  finally:
-    _fusing.reset(token)
 
 
 def _path_for(workaround: str) -> str:
   """The path ('auto', 'xla_cpu' or 'portable') that functions traced now take for `workaround`."""
-  if workaround in _disabled.get():
+  if workaround in _disabled.value:
     return "portable"
-  path = _path.get()
+  path = _path.value
   if path is None:  # read here, so that a bad value fails where it is used, in one line
     path = _checked_path(os.environ.get(ENVIRONMENT_VARIABLE) or "auto", ENVIRONMENT_VARIABLE)
   return path
@@ -163,7 +156,7 @@ def _conv_workaround(spatial: Sequence[int], kernel_size: Sequence[int], strides
     return None
   applies = {"conv_as_matmul": xla_swaps_conv_operands(spatial, kernel_size),
              "strided_conv": uses_col2im_input_gradient(strides, kernel_size)}
-  return next((name for name, used in applies.items() if used and name not in _disabled.get()), None)
+  return next((name for name, used in applies.items() if used and name not in _disabled.value), None)
 
 
 # The convolutions (H, W, C_in, C_out, kh, kw, stride_h, stride_w) and the ops of each (onednn.OPS) that 'auto'
@@ -258,7 +251,7 @@ def max_pooling(inputs, window: Sequence[int], strides: Sequence[int], padding: 
 def materialize(values):
   """`values`; where the program runs on XLA:CPU, computed once into one buffer (`materialized`), unless traced
   for `fusing`."""
-  if _fusing.get():
+  if _fusing.value:
     return values
   return _per_platform("materialized", materialized, lambda values: values, values)
 
