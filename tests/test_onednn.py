@@ -396,13 +396,18 @@ def test_residual_blocks_fuse_their_add_and_relu():
   assert text.count("custom_call_target=\"cnnjax_onednn_conv_fused\"") == 10
 
 
-def test_occlusion_and_scorecam_give_the_portable_paths_maps_with_the_fused_forward():
-  from cnnjax import explain
+def _random_resnet20_pair_of_images():
+  """resnet20 with seeded random variables (BatchNorm statistics included) and two random 32 px images."""
   model = models.create("resnet20", num_classes=10)
   shape = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
   variables = test_kernels._random_like(
       jax.eval_shape(lambda images: model.init(jax.random.key(0), images), shape), seed=0)
-  images = jnp.asarray(np.random.default_rng(1).standard_normal(shape.shape), jnp.float32)
+  return model, variables, jnp.asarray(np.random.default_rng(1).standard_normal(shape.shape), jnp.float32)
+
+
+def test_occlusion_and_scorecam_give_the_portable_paths_maps_with_the_fused_forward():
+  from cnnjax import explain
+  model, variables, images = _random_resnet20_pair_of_images()
   targets = jnp.array([3, 7])
   run = {"occlusion": lambda v, x: explain.occlusion(model, v, x, targets, window=(8, 8), strides=(8, 8)),
          "scorecam": lambda v, x: explain.scorecam(model, v, x, targets, chunk_size=16)}
@@ -417,11 +422,7 @@ def test_occlusion_and_scorecam_give_the_portable_paths_maps_with_the_fused_forw
 
 def test_cost_counts_the_flops_inside_onednn_calls():
   from cnnjax import explain
-  model = models.create("resnet20", num_classes=10)
-  shape = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
-  variables = test_kernels._random_like(
-      jax.eval_shape(lambda images: model.init(jax.random.key(0), images), shape), seed=0)
-  images = jnp.asarray(np.random.default_rng(1).standard_normal(shape.shape), jnp.float32)
+  model, variables, images = _random_resnet20_pair_of_images()
   with xla_cpu.kernels("onednn"):
     occlusion = jax.jit(lambda v, x: explain.occlusion(model, v, x, 3, window=(8, 8), strides=(8, 8)))
     assert "cnnjax_onednn_conv" in occlusion.lower(variables, images).compile().as_text()
